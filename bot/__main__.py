@@ -1,0 +1,131 @@
+"""The edge of the program: read settings, configure logging, own resources, run.
+
+    python -m bot          run the bot until SIGTERM or Ctrl-C
+    python -m bot sync     register the slash commands globally, then exit
+
+Exit status: 0 after a clean shutdown, 1 when Discord or the provider refuses to start,
+2 for bad configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+import discord
+from dotenv import load_dotenv
+
+from bot.client import AskBot
+from bot.config import ConfigError, Settings, load_settings
+from bot.llm import Completer, make_client
+
+log = logging.getLogger("bot")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse_args(argv)
+    # Real environment variables win over the .env file.
+    load_dotenv(override=False)
+    try:
+        settings = load_settings(os.environ)
+    except ConfigError as error:
+        print(error, file=sys.stderr)
+        return EXIT_CONFIG
+    configure_logging(settings.log_level)
+    try:
+        if args.command == "sync":
+            return asyncio.run(sync_commands(settings))
+        return asyncio.run(run_bot(settings))
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def configure_logging(level: str) -> None:
+    """Log to stdout (hosted platforms keep no files), one line per record."""
+    logging.basicConfig(
+        level=level,
+        stream=sys.stdout,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        force=True,
+    )
+    # The HTTP client logs every request at INFO; that is noise for operators.
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
+
+
+async def run_bot(settings: Settings, stop: asyncio.Event | None = None) -> int:
+    """Run until `stop` is set (SIGTERM/SIGINT set it), then close everything.
+
+    Returns the exit status; raises nothing for the failures an operator can fix.
+    """
+    stop = stop or asyncio.Event()
+    _stop_on_signals(stop)
+    assert settings.discord_token is not None, "load_settings requires the token"
+    async with make_client(settings) as openai_client:
+        completer = Completer.from_settings(openai_client, settings)
+        async with AskBot(settings, completer) as bot:
+            runner = asyncio.create_task(bot.start(settings.discord_token.reveal()))
+            stopper = asyncio.create_task(stop.wait())
+            await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            if not runner.done():
+                log.info("shutting down")
+                await bot.close()
+            try:
+                await runner
+            except discord.LoginFailure:
+                log.error("Discord rejected DISCORD_TOKEN: reset the token in the developer portal")
+                return EXIT_FAILURE
+            except discord.PrivilegedIntentsRequired:
+                log.error("Discord refused a privileged intent this bot does not need")
+                return EXIT_FAILURE
+    log.info("stopped")
+    return EXIT_OK
+
+
+async def sync_commands(settings: Settings) -> int:
+    """Register the slash commands for every server the bot is in."""
+    assert settings.discord_token is not None, "load_settings requires the token"
+    async with make_client(settings) as openai_client:
+        completer = Completer.from_settings(openai_client, settings)
+        async with AskBot(settings, completer, sync_on_start=False) as bot:
+            try:
+                await bot.login(settings.discord_token.reveal())
+            except discord.LoginFailure:
+                log.error("Discord rejected DISCORD_TOKEN: reset the token in the developer portal")
+                return EXIT_FAILURE
+            count = await bot.sync_globally()
+    log.info("synced %d command(s) globally; Discord may take up to an hour to show them", count)
+    return EXIT_OK
+
+
+def _stop_on_signals(stop: asyncio.Event) -> None:
+    # discord.py installs no signal handlers, and hosts send SIGTERM on every deploy.
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        # Not on Windows, nor in a loop outside the main thread (tests): the caller stops us.
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, stop.set)
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bot", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("run", help="run the bot (the default)")
+    sub.add_parser("sync", help="register the slash commands globally, then exit")
+    args = parser.parse_args(argv)
+    args.command = args.command or "run"
+    return args
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,51 @@
+"""The Discord client: safe defaults, the `/ask` cog, and command syncing."""
+
+from __future__ import annotations
+
+import logging
+
+import discord
+from discord.ext import commands
+
+from bot.ask import Ask
+from bot.config import Settings
+from bot.llm import Completer
+from bot.tree import AskTree
+
+log = logging.getLogger(__name__)
+
+
+class AskBot(commands.Bot):
+    """A bot that answers slash commands only; it reads no message content."""
+
+    def __init__(self, settings: Settings, completer: Completer, *, sync_on_start: bool = True):
+        super().__init__(
+            command_prefix=commands.when_mentioned,
+            help_command=None,
+            tree_cls=AskTree,
+            # Slash commands need no privileged intents.
+            intents=discord.Intents.default(),
+            # Model output is untrusted: it must never ping anyone. This default also
+            # covers interaction followups, which use the client's state.
+            allowed_mentions=discord.AllowedMentions.none(),
+        )
+        self._settings = settings
+        self._completer = completer
+        self._sync_on_start = sync_on_start
+
+    async def setup_hook(self) -> None:
+        await self.add_cog(Ask(self._completer))
+        guild_id = self._settings.discord_guild_id
+        if self._sync_on_start and guild_id is not None:
+            guild = discord.Object(id=guild_id)
+            self.tree.copy_global_to(guild=guild)
+            synced = await self.tree.sync(guild=guild)
+            log.info("synced %d command(s) to guild %s", len(synced), guild_id)
+
+    async def sync_globally(self) -> int:
+        """Register the commands for every server; Discord may take a while to show them."""
+        synced = await self.tree.sync()
+        return len(synced)
+
+    async def on_ready(self) -> None:
+        log.info("connected to Discord as %s (%s guilds)", self.user, len(self.guilds))

@@ -1,0 +1,170 @@
+"""Typed settings, read once from the environment at start-up.
+
+`load_settings` turns a mapping of environment variables into a frozen `Settings`.
+Every problem is collected first and reported together in one `ConfigError`, so an
+operator fixes their `.env` in one pass instead of one variable per restart.
+Secrets are wrapped in `Secret`, whose `repr` and `str` never show the value.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+DEFAULT_MODEL = "gpt-4o-mini"
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a helpful assistant answering in a Discord channel. "
+    "Be concise and use Discord Markdown: short paragraphs, lists, and fenced code blocks "
+    "with a language tag."
+)
+
+T = TypeVar("T")
+
+
+class ConfigError(Exception):
+    """One or more settings are missing or malformed; the message lists each of them."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        lines = "\n".join(f"  - {problem}" for problem in problems)
+        super().__init__(f"The bot is not configured correctly:\n{lines}")
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A string that never shows itself in logs, tracebacks or `repr`."""
+
+    _value: str = field(repr=False)
+
+    def reveal(self) -> str:
+        """Return the secret itself; call only where it is handed to a client."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of the bot; the names mirror the environment variables."""
+
+    discord_token: Secret | None
+    openai_api_key: Secret | None
+    openai_base_url: str | None
+    openai_model: str = DEFAULT_MODEL
+    openai_timeout: float = 60.0
+    openai_max_retries: int = 2
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    max_output_tokens: int | None = None
+    discord_guild_id: int | None = None
+    log_level: str = "INFO"
+
+
+def load_settings(env: Mapping[str, str], *, require_discord: bool = True) -> Settings:
+    """Build `Settings` from `env`, raising `ConfigError` that lists every problem.
+
+    Blank values count as unset, so a copied `.env.example` with empty lines works.
+    `require_discord=False` is for commands that never connect to Discord.
+    """
+    reader = _Reader(env)
+    token = reader.secret("DISCORD_TOKEN")
+    if token is None and require_discord:
+        reader.problems.append(
+            "DISCORD_TOKEN is required: the bot token from the Discord developer portal "
+            "(Applications > your app > Bot > Reset Token)."
+        )
+    api_key = reader.secret("OPENAI_API_KEY")
+    base_url = reader.text("OPENAI_BASE_URL")
+    if api_key is None and base_url is None:
+        reader.problems.append(
+            "OPENAI_API_KEY is required unless OPENAI_BASE_URL points at an "
+            "OpenAI-compatible server that needs no key."
+        )
+    if base_url is not None and not base_url.startswith(("http://", "https://")):
+        reader.problems.append(
+            f"OPENAI_BASE_URL must start with http:// or https:// (got {base_url!r})."
+        )
+
+    settings = Settings(
+        discord_token=token,
+        openai_api_key=api_key,
+        openai_base_url=base_url,
+        openai_model=reader.text("OPENAI_MODEL") or DEFAULT_MODEL,
+        openai_timeout=reader.parse(
+            "OPENAI_TIMEOUT", _positive_float, 60.0, "a number of seconds > 0"
+        ),
+        openai_max_retries=reader.parse("OPENAI_MAX_RETRIES", _count, 2, "a whole number >= 0"),
+        system_prompt=reader.text("SYSTEM_PROMPT") or DEFAULT_SYSTEM_PROMPT,
+        max_output_tokens=reader.parse(
+            "MAX_OUTPUT_TOKENS", _positive_int, None, "a whole number of tokens > 0"
+        ),
+        discord_guild_id=reader.parse("DISCORD_GUILD_ID", _snowflake, None, "a numeric server id"),
+        log_level=reader.parse("LOG_LEVEL", _log_level, "INFO", "DEBUG, INFO, WARNING or ERROR"),
+    )
+    if reader.problems:
+        raise ConfigError(reader.problems)
+    return settings
+
+
+class _Reader:
+    """Reads variables from `env`, recording problems instead of raising at the first one."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self.env = env
+        self.problems: list[str] = []
+
+    def text(self, name: str) -> str | None:
+        value = self.env.get(name, "").strip()
+        return value or None
+
+    def secret(self, name: str) -> Secret | None:
+        value = self.text(name)
+        return Secret(value) if value is not None else None
+
+    def parse(self, name: str, parse: Callable[[str], T], default: T, expected: str) -> T:
+        raw = self.text(name)
+        if raw is None:
+            return default
+        try:
+            return parse(raw)
+        except ValueError:
+            self.problems.append(f"{name} must be {expected} (got {raw!r}).")
+            return default
+
+
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if not value > 0 or value == float("inf"):
+        raise ValueError(raw)
+    return value
+
+
+def _count(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError(raw)
+    return value
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError(raw)
+    return value
+
+
+def _snowflake(raw: str) -> int:
+    if not raw.isdigit():
+        raise ValueError(raw)
+    return int(raw)
+
+
+def _log_level(raw: str) -> str:
+    level = raw.upper()
+    if not isinstance(logging.getLevelName(level), int):
+        raise ValueError(raw)
+    return level

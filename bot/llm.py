@@ -1,0 +1,242 @@
+"""The completion helper: the only module that talks to the language model.
+
+`Completer` sends one prompt (after the system prompt) to an OpenAI-compatible chat
+completions endpoint and returns an `Answer`, or raises one of the errors below. Every
+SDK failure is mapped to exactly one of them, so callers never see `openai` exceptions:
+
+    CompletionError                 anything the model call can fail with
+    ├── RateLimited                 the provider throttled us; `retry_after` when it said
+    ├── TimedOut                    no answer within OPENAI_TIMEOUT
+    ├── PromptTooLong               prompt exceeds the model's context window
+    ├── ProviderMisconfigured       bad key, unknown model, no quota, rejected request
+    ├── ProviderUnavailable         connection failure or a 5xx from the provider
+    ├── EmptyAnswer                 the model produced no text
+    └── Refused                     the model declined (refusal or content filter)
+
+Each error carries the provider's request id, when there is one, for the operator's log.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import openai
+from openai.types.chat import ChatCompletionMessageParam
+
+from bot.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+class CompletionError(Exception):
+    """The model call failed; `str()` is for operators, never shown to users."""
+
+    def __init__(self, detail: str, *, request_id: str | None = None) -> None:
+        super().__init__(detail)
+        self.request_id = request_id
+
+
+class RateLimited(CompletionError):
+    def __init__(
+        self, detail: str, *, retry_after: float | None, request_id: str | None = None
+    ) -> None:
+        super().__init__(detail, request_id=request_id)
+        self.retry_after = retry_after
+
+
+class TimedOut(CompletionError):
+    pass
+
+
+class PromptTooLong(CompletionError):
+    pass
+
+
+class ProviderMisconfigured(CompletionError):
+    pass
+
+
+class ProviderUnavailable(CompletionError):
+    pass
+
+
+class EmptyAnswer(CompletionError):
+    pass
+
+
+class Refused(CompletionError):
+    pass
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True)
+class Answer:
+    """The model's text; `truncated` when it stopped at the output token limit."""
+
+    text: str
+    finish_reason: str | None
+    usage: Usage | None = None
+
+    @property
+    def truncated(self) -> bool:
+        return self.finish_reason == "length"
+
+
+def make_client(settings: Settings) -> openai.AsyncOpenAI:
+    """Build the process's one `AsyncOpenAI`; the caller owns it and must close it."""
+    return openai.AsyncOpenAI(
+        # Compatible servers such as Ollama or llama.cpp accept any key, but the SDK
+        # refuses to start without one.
+        api_key=settings.openai_api_key.reveal() if settings.openai_api_key else "unused",
+        base_url=settings.openai_base_url,
+        timeout=settings.openai_timeout,
+        max_retries=settings.openai_max_retries,
+    )
+
+
+class Completer:
+    """Turns a prompt into an `Answer` with one chat completion call."""
+
+    def __init__(
+        self,
+        client: openai.AsyncOpenAI,
+        *,
+        model: str,
+        system_prompt: str,
+        max_output_tokens: int | None = None,
+        compatible_server: bool = False,
+    ) -> None:
+        self._client = client
+        self._model = model
+        self._system_prompt = system_prompt
+        self._max_output_tokens = max_output_tokens
+        # OpenAI's reasoning models reject `max_tokens`; many compatible servers only
+        # know `max_tokens`. Use the name each side understands.
+        self._max_tokens_field = "max_tokens" if compatible_server else "max_completion_tokens"
+
+    @classmethod
+    def from_settings(cls, client: openai.AsyncOpenAI, settings: Settings) -> Completer:
+        return cls(
+            client,
+            model=settings.openai_model,
+            system_prompt=settings.system_prompt,
+            max_output_tokens=settings.max_output_tokens,
+            compatible_server=settings.openai_base_url is not None,
+        )
+
+    @property
+    def model(self) -> str:
+        return self._model
+
+    def messages(self, prompt: str) -> list[ChatCompletionMessageParam]:
+        return [
+            {"role": "system", "content": self._system_prompt},
+            {"role": "user", "content": prompt},
+        ]
+
+    async def complete(self, prompt: str) -> Answer:
+        """Ask the model; return its answer or raise a `CompletionError`."""
+        extra: dict[str, object] = {}
+        if self._max_output_tokens is not None:
+            extra[self._max_tokens_field] = self._max_output_tokens
+        try:
+            completion = await self._client.chat.completions.create(
+                model=self._model,
+                messages=self.messages(prompt),
+                extra_body=extra or None,
+            )
+        except openai.OpenAIError as exc:
+            raise _log_failure(translate_error(exc)) from exc
+
+        request_id = completion._request_id
+        if not completion.choices:
+            raise _log_failure(EmptyAnswer("response had no choices", request_id=request_id))
+        choice = completion.choices[0]
+        text = choice.message.content or ""
+        if choice.message.refusal:
+            raise _log_failure(Refused(choice.message.refusal, request_id=request_id))
+        if choice.finish_reason == "content_filter" and not text.strip():
+            raise _log_failure(Refused("content filter", request_id=request_id))
+        if not text.strip():
+            raise _log_failure(EmptyAnswer("empty content", request_id=request_id))
+        usage = None
+        if completion.usage is not None:
+            usage = Usage(completion.usage.prompt_tokens, completion.usage.completion_tokens)
+        return Answer(text=text, finish_reason=choice.finish_reason, usage=usage)
+
+
+def translate_error(exc: openai.OpenAIError) -> CompletionError:
+    """Map an SDK exception to our own error type; the single place that knows the SDK's."""
+    request_id = getattr(exc, "request_id", None)
+    detail = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, openai.APITimeoutError):
+        return TimedOut(detail)
+    if isinstance(exc, openai.APIConnectionError):
+        return ProviderUnavailable(detail)
+    if isinstance(exc, openai.RateLimitError):
+        if exc.code == "insufficient_quota":
+            return ProviderMisconfigured(detail, request_id=request_id)
+        return RateLimited(detail, retry_after=retry_after(exc.response), request_id=request_id)
+    if isinstance(exc, openai.BadRequestError):
+        if _is_context_overflow(exc):
+            return PromptTooLong(detail, request_id=request_id)
+        if exc.code == "content_filter":
+            return Refused(detail, request_id=request_id)
+        return ProviderMisconfigured(detail, request_id=request_id)
+    if isinstance(exc, openai.APIStatusError):
+        if exc.status_code == 413:
+            return PromptTooLong(detail, request_id=request_id)
+        if exc.status_code >= 500 or exc.status_code in (408, 409):
+            return ProviderUnavailable(detail, request_id=request_id)
+        return ProviderMisconfigured(detail, request_id=request_id)
+    return ProviderUnavailable(detail, request_id=request_id)
+
+
+# Phrases providers use for an over-long prompt: OpenAI and vLLM ("maximum context
+# length"), llama.cpp ("exceeds the available context size"), others ("too long").
+_CONTEXT_PHRASES = ("context length", "context_length", "context size", "context window")
+
+
+def _is_context_overflow(exc: openai.BadRequestError) -> bool:
+    if exc.code == "context_length_exceeded":
+        return True
+    message = str(exc).lower()
+    return any(phrase in message for phrase in _CONTEXT_PHRASES)
+
+
+def retry_after(response: object) -> float | None:
+    """Seconds the provider asked us to wait, from `retry-after-ms` or `retry-after`."""
+    headers = getattr(response, "headers", None)
+    if headers is None:
+        return None
+    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        raw = headers.get(name)
+        if raw is None:
+            continue
+        try:
+            seconds = float(raw) / scale
+        except ValueError:
+            continue
+        if seconds >= 0:
+            return seconds
+    return None
+
+
+def _log_failure(error: CompletionError) -> CompletionError:
+    log.warning(
+        "model call failed: %s (%s, request id %s)",
+        type(error).__name__,
+        error,
+        error.request_id or "none",
+    )
+    return error

@@ -1,0 +1,60 @@
+"""What users read when something is not a plain answer: pure wording, one place.
+
+Every sentence here is short, human, says what happened and what to do, and never
+contains exception text: details go to the operator's log instead.
+"""
+
+from __future__ import annotations
+
+import math
+
+from bot import llm
+
+EMPTY_PROMPT = "Please type a question after `/ask`, for example `/ask prompt: What is a monad?`"
+UNEXPECTED = (
+    "Sorry, something went wrong while answering. The error has been logged; please try again."
+)
+TRUNCATED_NOTE = "*(The answer was cut off because it reached the length limit.)*"
+
+
+def error_message(error: llm.CompletionError) -> str:
+    """The one sentence shown to the user for a failed model call."""
+    if isinstance(error, llm.RateLimited):
+        return "The language model is getting too many requests right now. " + _retry_hint(
+            error.retry_after
+        )
+    if isinstance(error, llm.TimedOut):
+        return (
+            "The language model took too long to answer. "
+            "Please try again, perhaps with a shorter question."
+        )
+    if isinstance(error, llm.PromptTooLong):
+        return (
+            "Your prompt is too long for this model's context window. "
+            "Please shorten it and try again."
+        )
+    if isinstance(error, llm.ProviderMisconfigured):
+        return (
+            "I can't reach my language model because of a configuration problem. "
+            "Please ask a server admin to check the bot's logs."
+        )
+    if isinstance(error, llm.ProviderUnavailable):
+        return (
+            "The language model service is unavailable right now. "
+            "Please try again in a few minutes."
+        )
+    if isinstance(error, llm.EmptyAnswer):
+        return "The model returned an empty answer. Please try rephrasing your question."
+    if isinstance(error, llm.Refused):
+        return "The model declined to answer that. Please try asking differently."
+    return UNEXPECTED
+
+
+def _retry_hint(retry_after: float | None) -> str:
+    if retry_after is None:
+        return "Please try again in a minute."
+    seconds = max(1, math.ceil(retry_after))
+    if seconds < 120:
+        unit = "second" if seconds == 1 else "seconds"
+        return f"Please try again in {seconds} {unit}."
+    return f"Please try again in {math.ceil(seconds / 60)} minutes."
