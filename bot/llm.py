@@ -19,6 +19,7 @@ Each error carries the provider's request id, when there is one, for the operato
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 import openai
@@ -92,6 +93,15 @@ class Answer:
         return self.finish_reason == "length"
 
 
+@dataclass(frozen=True)
+class Chunk:
+    """A piece of a streamed answer; the last ones carry `finish_reason` and `usage`."""
+
+    text: str = ""
+    finish_reason: str | None = None
+    usage: Usage | None = None
+
+
 def make_client(settings: Settings) -> openai.AsyncOpenAI:
     """Build the process's one `AsyncOpenAI`; the caller owns it and must close it."""
     return openai.AsyncOpenAI(
@@ -146,14 +156,11 @@ class Completer:
 
     async def complete(self, prompt: str) -> Answer:
         """Ask the model; return its answer or raise a `CompletionError`."""
-        extra: dict[str, object] = {}
-        if self._max_output_tokens is not None:
-            extra[self._max_tokens_field] = self._max_output_tokens
         try:
             completion = await self._client.chat.completions.create(
                 model=self._model,
                 messages=self.messages(prompt),
-                extra_body=extra or None,
+                extra_body=self._extra_body(),
             )
         except openai.OpenAIError as exc:
             raise _log_failure(translate_error(exc)) from exc
@@ -163,16 +170,71 @@ class Completer:
             raise _log_failure(EmptyAnswer("response had no choices", request_id=request_id))
         choice = completion.choices[0]
         text = choice.message.content or ""
-        if choice.message.refusal:
-            raise _log_failure(Refused(choice.message.refusal, request_id=request_id))
-        if choice.finish_reason == "content_filter" and not text.strip():
-            raise _log_failure(Refused("content filter", request_id=request_id))
-        if not text.strip():
-            raise _log_failure(EmptyAnswer("empty content", request_id=request_id))
+        _check_answer(text, choice.message.refusal, choice.finish_reason, request_id)
         usage = None
         if completion.usage is not None:
             usage = Usage(completion.usage.prompt_tokens, completion.usage.completion_tokens)
         return Answer(text=text, finish_reason=choice.finish_reason, usage=usage)
+
+    async def stream(self, prompt: str) -> AsyncGenerator[Chunk, None]:
+        """Ask the model and yield its answer as it is written.
+
+        Raises a `CompletionError` before the first chunk or mid-stream; a stream that
+        ends without any text raises `EmptyAnswer`. Closing the iterator early (or
+        cancelling its consumer) closes the HTTP response, which cancels the request.
+        """
+        request_id: str | None = None
+        text_seen = False
+        refusal = ""
+        finish_reason: str | None = None
+        try:
+            stream = await self._client.chat.completions.create(
+                model=self._model,
+                messages=self.messages(prompt),
+                extra_body=self._extra_body(),
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+            async with stream:
+                request_id = stream.response.headers.get("x-request-id")
+                async for event in stream:
+                    usage = None
+                    if event.usage is not None:
+                        usage = Usage(event.usage.prompt_tokens, event.usage.completion_tokens)
+                    if not event.choices:
+                        if usage is not None:
+                            yield Chunk(usage=usage)
+                        continue
+                    choice = event.choices[0]
+                    piece = choice.delta.content or ""
+                    refusal += choice.delta.refusal or ""
+                    finish_reason = choice.finish_reason or finish_reason
+                    text_seen = text_seen or bool(piece.strip())
+                    if piece or choice.finish_reason or usage is not None:
+                        yield Chunk(piece, choice.finish_reason, usage)
+        except openai.OpenAIError as exc:
+            # A connection dropped mid-stream arrives as APIConnectionError too.
+            error = translate_error(exc)
+            error.request_id = error.request_id or request_id
+            raise _log_failure(error) from exc
+        _check_answer("x" if text_seen else "", refusal or None, finish_reason, request_id)
+
+    def _extra_body(self) -> dict[str, object] | None:
+        if self._max_output_tokens is None:
+            return None
+        return {self._max_tokens_field: self._max_output_tokens}
+
+
+def _check_answer(
+    text: str, refusal: str | None, finish_reason: str | None, request_id: str | None
+) -> None:
+    """Raise when a finished completion holds no usable answer."""
+    if refusal:
+        raise _log_failure(Refused(refusal, request_id=request_id))
+    if not text.strip():
+        if finish_reason == "content_filter":
+            raise _log_failure(Refused("content filter", request_id=request_id))
+        raise _log_failure(EmptyAnswer("empty content", request_id=request_id))
 
 
 def translate_error(exc: openai.OpenAIError) -> CompletionError:
@@ -203,12 +265,12 @@ def translate_error(exc: openai.OpenAIError) -> CompletionError:
 
 
 # Phrases providers use for an over-long prompt: OpenAI and vLLM ("maximum context
-# length"), llama.cpp ("exceeds the available context size"), others ("too long").
+# length"), llama.cpp ("exceeds the available context size"), others ("context window").
 _CONTEXT_PHRASES = ("context length", "context_length", "context size", "context window")
 
 
 def _is_context_overflow(exc: openai.BadRequestError) -> bool:
-    if exc.code == "context_length_exceeded":
+    if exc.code == "context_length_exceeded" or exc.type == "exceed_context_size_error":
         return True
     message = str(exc).lower()
     return any(phrase in message for phrase in _CONTEXT_PHRASES)
