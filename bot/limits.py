@@ -1,0 +1,362 @@
+"""Fair-use limits held in memory: a per-user cooldown and a gate on concurrent model calls.
+
+Both are plain objects for one event loop. Every decision is taken synchronously, with
+no `await` between looking at the state and changing it, so two asks racing on the same
+loop can never both take the last place.
+
+`Cooldown`
+    At most N asks per user in any window of S seconds (a sliding window, set as "N/S").
+`AskGate`
+    At most `max_concurrent` model calls at once; up to `max_queued` more wait their turn
+    in strict arrival order, and anyone beyond that is told at once that the bot is busy.
+
+    ticket = gate.try_enter(on_position=show_place_in_line)
+    if isinstance(ticket, Refusal):
+        ...  # Refusal.BUSY: try again shortly; Refusal.CLOSING: shutting down
+    async with ticket:  # waits for a free slot, reporting each new place in line
+        answer = await completer.complete(prompt)
+
+`ticket.position` (1-based while waiting) and `gate.running` / `gate.queued` can be read
+at any time, e.g. for metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import math
+import time
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from types import TracebackType
+
+__all__ = [
+    "AskGate",
+    "Cooldown",
+    "CooldownSpec",
+    "GateClosed",
+    "PositionCallback",
+    "Refusal",
+    "Ticket",
+    "TicketState",
+    "parse_cooldown",
+]
+
+
+@dataclass(frozen=True)
+class CooldownSpec:
+    """`asks` per `seconds`: the most asks one user may make in any window that long."""
+
+    asks: int
+    seconds: float
+
+    def __post_init__(self) -> None:
+        if self.asks < 1:
+            raise ValueError(f"a cooldown allows at least 1 ask (got {self.asks})")
+        if not (self.seconds > 0 and math.isfinite(self.seconds)):
+            raise ValueError(
+                f"a cooldown window is a finite number of seconds > 0 ({self.seconds})"
+            )
+
+
+def parse_cooldown(raw: str) -> CooldownSpec:
+    """Parse a setting such as "3/60" (3 asks per 60 seconds) into a `CooldownSpec`.
+
+    N is a whole number >= 1 and S a number of seconds > 0; spaces around either are
+    allowed. Raises `ValueError` whose message says what is wrong with `raw`.
+    """
+    count_text, slash, seconds_text = raw.partition("/")
+    if not slash or "/" in seconds_text:
+        raise ValueError(f"expected asks/seconds such as 3/60 (got {raw!r})")
+    count_text, seconds_text = count_text.strip(), seconds_text.strip()
+    if not count_text.isdigit():
+        raise ValueError(f"the number of asks must be a whole number >= 1 (got {count_text!r})")
+    asks = int(count_text)
+    if asks < 1:
+        raise ValueError(f"the number of asks must be at least 1 (got {asks})")
+    try:
+        seconds = float(seconds_text)
+    except ValueError:
+        raise ValueError(f"the window must be a number of seconds (got {seconds_text!r})") from None
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise ValueError(
+            f"the window must be a finite number of seconds > 0 (got {seconds_text!r})"
+        )
+    return CooldownSpec(asks, seconds)
+
+
+class Cooldown:
+    """A sliding-window limit per user: at most `spec.asks` in any `spec.seconds`.
+
+    An ask at time t counts against every later ask before t + seconds. Refused asks are
+    not recorded, so asking again while refused does not push the wait further out.
+    Users whose whole window has passed are forgotten, so memory is bounded by the users
+    who asked within the last `spec.seconds`.
+
+    Times come from `clock` (by default `time.monotonic`) unless the caller passes `now`;
+    they must not go backwards.
+    """
+
+    def __init__(self, spec: CooldownSpec, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.spec = spec
+        self._clock = clock
+        # Recent ask times per user (oldest first, at most spec.asks of them). The dict
+        # is kept in order of each user's latest ask, so the users to forget are at its
+        # front and a sweep stops at the first one still inside its window.
+        self._asks: OrderedDict[int, deque[float]] = OrderedDict()
+
+    def check_and_record(self, user_id: int, now: float | None = None) -> float | None:
+        """Record an ask and return None if allowed, else the seconds until one would be.
+
+        Synchronous on purpose: checking and recording happen in one step.
+        """
+        now = self._clock() if now is None else now
+        self._forget_expired(now)
+        times = self._asks.get(user_id)
+        if times is None:
+            times = self._asks[user_id] = deque(maxlen=self.spec.asks)
+        else:
+            _drop_before(times, now - self.spec.seconds)
+        if len(times) >= self.spec.asks:
+            return times[0] + self.spec.seconds - now
+        times.append(now)
+        self._asks.move_to_end(user_id)
+        return None
+
+    def retry_after(self, user_id: int, now: float | None = None) -> float | None:
+        """The seconds until `user_id` may ask again, or None if they may now; records nothing."""
+        now = self._clock() if now is None else now
+        times = self._asks.get(user_id)
+        if times is None:
+            return None
+        live = [t for t in times if t > now - self.spec.seconds]
+        if len(live) < self.spec.asks:
+            return None
+        return live[0] + self.spec.seconds - now
+
+    @property
+    def tracked_users(self) -> int:
+        """How many users are remembered (for metrics); only those who asked recently."""
+        return len(self._asks)
+
+    def _forget_expired(self, now: float) -> None:
+        horizon = now - self.spec.seconds
+        while self._asks:
+            user_id, times = next(iter(self._asks.items()))
+            if times and times[-1] > horizon:
+                return
+            del self._asks[user_id]
+
+
+def _drop_before(times: deque[float], horizon: float) -> None:
+    """Drop ask times at or before `horizon`: they are out of the window."""
+    while times and times[0] <= horizon:
+        times.popleft()
+
+
+class Refusal(enum.Enum):
+    """Why `AskGate.try_enter` gave no ticket."""
+
+    BUSY = "busy"
+    """Every slot and every place in line is taken: try again shortly."""
+    CLOSING = "closing"
+    """The bot is shutting down and accepts no new asks."""
+
+
+class GateClosed(Exception):
+    """Raised by `async with ticket` when the gate closed while the ticket was waiting."""
+
+
+class TicketState(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    DONE = "done"
+
+
+PositionCallback = Callable[[int], Awaitable[None]]
+
+
+class Ticket:
+    """A place at the gate: waiting in line, running, or done.
+
+    `async with ticket` waits for the ticket's turn, then holds a running slot until the
+    block exits (normally, by an exception or by cancellation), which admits the next in
+    line. While waiting it awaits `on_position(place)` with the 1-based place in line:
+    once at the start and again each time the place changes, never twice for the same
+    place. Places only go down. When places change faster than the callback returns,
+    the next call gets the latest place and skips the ones in between; once the ticket's
+    turn has come no further call is made. An exception from the callback, or cancelling
+    the waiting task, gives up the place and propagates.
+
+    A ticket must be entered, or else given back with `cancel()`, or its place is held
+    for good.
+    """
+
+    def __init__(self, gate: AskGate, on_position: PositionCallback | None) -> None:
+        self._gate = gate
+        self._on_position = on_position
+        self._state = TicketState.WAITING
+        self._closed = False
+        self._entered = False
+        # Set whenever this ticket's place changes, its turn comes, or it is turned away.
+        self._changed = asyncio.Event()
+
+    @property
+    def state(self) -> TicketState:
+        return self._state
+
+    @property
+    def position(self) -> int | None:
+        """The 1-based place in line while waiting; None once running or done."""
+        if self._state is not TicketState.WAITING:
+            return None
+        return self._gate._place_of(self)
+
+    def cancel(self) -> None:
+        """Give up the place in line or the running slot; does nothing once done."""
+        self._gate._leave(self)
+
+    async def __aenter__(self) -> Ticket:
+        if self._entered:
+            raise RuntimeError("a ticket can be entered only once")
+        self._entered = True
+        try:
+            await self._wait_for_turn()
+        except BaseException:
+            self.cancel()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.cancel()
+
+    async def _wait_for_turn(self) -> None:
+        reported: int | None = None
+        while self._state is TicketState.WAITING:
+            place = self._gate._place_of(self)
+            if self._on_position is not None and place != reported:
+                reported = place
+                await self._on_position(place)
+                continue
+            # No await between the check above and this wait, so no change is missed.
+            self._changed.clear()
+            await self._changed.wait()
+        if self._closed:
+            raise GateClosed("the bot is shutting down")
+        if self._state is TicketState.DONE:
+            raise RuntimeError("the ticket was cancelled before its turn")
+
+    def _notify(self) -> None:
+        self._changed.set()
+
+
+class AskGate:
+    """Caps concurrent model calls per process, with a bounded first-come-first-served line.
+
+    `try_enter` never waits: it returns a `Ticket` (running at once if a slot is free and
+    nobody is waiting, otherwise waiting at the back of the line) or a `Refusal`. A slot
+    freed by a finished or cancelled ticket passes straight to the front of the line, so
+    no later arrival can overtake a waiting one. A waiting ticket that leaves the line
+    moves everyone behind it one place forward.
+
+    `close()` turns new asks away with `Refusal.CLOSING` and every waiting ticket with
+    `GateClosed`; running ones finish, and `drained()` returns when none is left (wrap it
+    in `asyncio.timeout` to bound a shutdown). Positions cost O(line length), which
+    `max_queued` keeps small. For one event loop; not thread-safe.
+    """
+
+    def __init__(self, max_concurrent: int, max_queued: int) -> None:
+        if max_concurrent < 1:
+            raise ValueError(f"max_concurrent must be at least 1 (got {max_concurrent})")
+        if max_queued < 0:
+            raise ValueError(f"max_queued must be 0 or more (got {max_queued})")
+        self.max_concurrent = max_concurrent
+        self.max_queued = max_queued
+        self._running: set[Ticket] = set()
+        self._line: deque[Ticket] = deque()
+        self._closed = False
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def running(self) -> int:
+        """Tickets holding a slot now."""
+        return len(self._running)
+
+    @property
+    def queued(self) -> int:
+        """Tickets waiting in line now."""
+        return len(self._line)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def try_enter(self, on_position: PositionCallback | None = None) -> Ticket | Refusal:
+        """A ticket at the back of the line (or running at once), or why there is none."""
+        if self._closed:
+            return Refusal.CLOSING
+        if len(self._running) < self.max_concurrent:
+            ticket = Ticket(self, on_position)
+            self._admit(ticket)
+            return ticket
+        if len(self._line) >= self.max_queued:
+            return Refusal.BUSY
+        ticket = Ticket(self, on_position)
+        self._line.append(ticket)
+        self._idle.clear()
+        return ticket
+
+    def close(self) -> None:
+        """Refuse new asks and turn away every waiting ticket; running ones carry on."""
+        self._closed = True
+        while self._line:
+            ticket = self._line.popleft()
+            ticket._state = TicketState.DONE
+            ticket._closed = True
+            ticket._notify()
+        self._update_idle()
+
+    async def drained(self) -> None:
+        """Return once no ticket is running or waiting."""
+        await self._idle.wait()
+
+    def _admit(self, ticket: Ticket) -> None:
+        ticket._state = TicketState.RUNNING
+        self._running.add(ticket)
+        self._idle.clear()
+        ticket._notify()
+
+    def _leave(self, ticket: Ticket) -> None:
+        if ticket._state is TicketState.RUNNING:
+            self._running.discard(ticket)
+            ticket._state = TicketState.DONE
+            if self._line:
+                self._admit(self._line.popleft())
+                self._notify_line()
+        elif ticket._state is TicketState.WAITING:
+            index = self._line.index(ticket)
+            del self._line[index]
+            ticket._state = TicketState.DONE
+            ticket._notify()
+            # Only those behind the leaver move.
+            for behind in list(self._line)[index:]:
+                behind._notify()
+        self._update_idle()
+
+    def _notify_line(self) -> None:
+        for waiting in self._line:
+            waiting._notify()
+
+    def _place_of(self, ticket: Ticket) -> int:
+        return self._line.index(ticket) + 1
+
+    def _update_idle(self) -> None:
+        if not self._running and not self._line:
+            self._idle.set()

@@ -1,0 +1,279 @@
+"""Daily budgets and the SQLite usage store: counts add up, survive restarts, reset at 00:00 UTC."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bot.usage import (
+    FILE_NAME,
+    Budget,
+    DailyBudgets,
+    Scope,
+    SqliteUsageStore,
+    Totals,
+    UsageReport,
+    UsageStore,
+    estimate_tokens,
+    next_reset,
+    utc_day,
+)
+
+ALICE, BOB, CAROL = 1001, 1002, 1003
+GUILD, OTHER_GUILD = 900_000_000_000_000_001, 900_000_000_000_000_002
+DAY = "2025-03-14"
+NOON = datetime(2025, 3, 14, 12, 0, tzinfo=UTC)
+MIDNIGHT = datetime(2025, 3, 15, tzinfo=UTC)
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteUsageStore]:
+    opened = await SqliteUsageStore.open(tmp_path / "data")
+    yield opened
+    await opened.close()
+
+
+# --- estimate_tokens --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "tokens"),
+    [("", 0), ("a", 1), ("abcd", 1), ("abcde", 2), ("x" * 400, 100), ("héllo wörld", 3)],
+)
+def test_token_estimate_is_about_four_characters_each(text: str, tokens: int) -> None:
+    assert estimate_tokens(text) == tokens
+
+
+@given(st.text(min_size=1))
+def test_token_estimate_is_at_least_one_and_never_far_below_a_quarter(text: str) -> None:
+    estimate = estimate_tokens(text)
+    assert estimate >= 1
+    assert len(text) / 4 <= estimate < len(text) / 4 + 1
+
+
+# --- days and resets --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("now", "day", "reset"),
+    [
+        (NOON, DAY, MIDNIGHT),
+        (datetime(2025, 3, 14, 0, 0, tzinfo=UTC), DAY, MIDNIGHT),
+        (datetime(2025, 3, 14, 23, 59, 59, 999999, tzinfo=UTC), DAY, MIDNIGHT),
+        # 01:30 in Paris on the 15th is still the 14th in UTC.
+        (datetime(2025, 3, 15, 1, 30, tzinfo=timezone(timedelta(hours=2))), DAY, MIDNIGHT),
+        (datetime(2024, 12, 31, 18, 0, tzinfo=UTC), "2024-12-31", datetime(2025, 1, 1, tzinfo=UTC)),
+    ],
+)
+def test_the_day_is_the_utc_date_and_resets_at_utc_midnight(
+    now: datetime, day: str, reset: datetime
+) -> None:
+    assert utc_day(now) == day
+    assert next_reset(now) == reset
+
+
+@given(st.datetimes(timezones=st.timezones()))
+def test_the_reset_is_the_next_utc_midnight(now: datetime) -> None:
+    reset = next_reset(now)
+    # Compared in UTC: adding a day to a local time keeps its wall clock across DST.
+    in_utc = now.astimezone(UTC)
+    assert in_utc < reset <= in_utc + timedelta(days=1)
+    assert (reset.hour, reset.minute, reset.second, reset.microsecond) == (0, 0, 0, 0)
+    assert utc_day(reset - timedelta(microseconds=1)) == utc_day(now)
+
+
+def test_a_time_without_a_zone_is_refused() -> None:
+    with pytest.raises(ValueError, match="time zone"):
+        utc_day(datetime(2025, 3, 14, 12, 0))
+
+
+# --- SqliteUsageStore -------------------------------------------------------------------------
+
+
+def test_the_sqlite_store_fills_the_protocol(store: SqliteUsageStore) -> None:
+    typed: UsageStore = store
+    assert typed is store
+
+
+async def test_counts_add_up_per_user_and_per_guild(store: SqliteUsageStore) -> None:
+    await store.add(DAY, ALICE, GUILD, 100)
+    await store.add(DAY, ALICE, GUILD, 50)
+    await store.add(DAY, BOB, GUILD, 30)
+    await store.add(DAY, ALICE, OTHER_GUILD, 7)
+    await store.add(DAY, ALICE, None, 3)  # a direct message counts for the user only
+    assert await store.totals(DAY, ALICE, GUILD) == Totals(user=160, guild=180)
+    assert await store.totals(DAY, BOB, GUILD) == Totals(user=30, guild=180)
+    assert await store.totals(DAY, ALICE, OTHER_GUILD) == Totals(user=160, guild=7)
+    assert await store.totals(DAY, ALICE, None) == Totals(user=160, guild=0)
+    assert await store.totals(DAY, CAROL, GUILD) == Totals(user=0, guild=180)
+    assert await store.totals("2025-03-15", ALICE, GUILD) == Totals(user=0, guild=0)
+
+
+async def test_concurrent_adds_lose_nothing(store: SqliteUsageStore) -> None:
+    await asyncio.gather(*(store.add(DAY, ALICE, GUILD, 1) for _ in range(200)))
+    assert await store.totals(DAY, ALICE, GUILD) == Totals(user=200, guild=200)
+
+
+async def test_usage_survives_a_restart(tmp_path: Path) -> None:
+    directory = tmp_path / "nested" / "data"
+    first = await SqliteUsageStore.open(directory)
+    await first.add(DAY, ALICE, GUILD, 1234)
+    await first.close()
+    assert (directory / FILE_NAME).is_file()
+
+    second = await SqliteUsageStore.open(directory)
+    try:
+        await second.add(DAY, ALICE, GUILD, 6)
+        assert await second.totals(DAY, ALICE, GUILD) == Totals(user=1240, guild=1240)
+    finally:
+        await second.close()
+    await second.close()  # a second close, as a shutdown path may do, is harmless
+
+
+async def test_the_file_uses_wal_and_a_key_on_day_scope_and_id(store: SqliteUsageStore) -> None:
+    await store.add(DAY, ALICE, GUILD, 1)
+    reader = sqlite3.connect(store.path)
+    try:
+        assert reader.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        columns = reader.execute("PRAGMA table_info(usage)").fetchall()
+    finally:
+        reader.close()
+    # table_info rows: (cid, name, type, notnull, default, position in the primary key)
+    key = [name for _, name, _, _, _, position in sorted(columns, key=lambda c: c[5]) if position]
+    assert key == ["day", "scope", "id"]
+
+
+async def test_old_days_can_be_pruned(store: SqliteUsageStore) -> None:
+    for day in ("2025-03-12", "2025-03-13", DAY):
+        await store.add(day, ALICE, GUILD, 10)
+    assert await store.prune(before=DAY) == 4
+    assert await store.totals("2025-03-13", ALICE, GUILD) == Totals(user=0, guild=0)
+    assert await store.totals(DAY, ALICE, GUILD) == Totals(user=10, guild=10)
+
+
+async def test_the_event_loop_runs_on_while_the_store_waits_for_the_disk(
+    store: SqliteUsageStore,
+) -> None:
+    # Another process holds the write lock: the store's write must wait for it on its
+    # own thread while this loop carries on. A store that blocked the loop would wait out
+    # its busy timeout here and fail, since the lock is released only by this loop.
+    locker = sqlite3.connect(store.path, isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")
+    locker.execute("INSERT INTO usage VALUES (?, 'user', ?, 5)", (DAY, BOB))
+    writing = asyncio.create_task(store.add(DAY, ALICE, GUILD, 10))
+    loop_alive = asyncio.Event()
+
+    async def other_work() -> None:
+        loop_alive.set()
+
+    await asyncio.create_task(other_work())
+    await loop_alive.wait()
+    assert not writing.done()
+    locker.execute("COMMIT")
+    locker.close()
+    await writing
+    assert await store.totals(DAY, ALICE, GUILD) == Totals(user=10, guild=10)
+    assert await store.totals(DAY, BOB, GUILD) == Totals(user=5, guild=10)
+
+
+# --- DailyBudgets -----------------------------------------------------------------------------
+
+
+async def test_no_limits_always_allow(store: SqliteUsageStore) -> None:
+    budgets = DailyBudgets(store, Budget())
+    await budgets.record(ALICE, GUILD, 10**9, NOON)
+    verdict = await budgets.check(ALICE, GUILD, NOON)
+    assert verdict.allowed
+    assert verdict.exhausted is None
+    assert (await budgets.usage_report(ALICE, GUILD, NOON)).user_tokens == 10**9
+
+
+async def test_a_user_is_stopped_once_their_budget_is_spent(store: SqliteUsageStore) -> None:
+    budgets = DailyBudgets(store, Budget(user_daily_tokens=100))
+    await budgets.record(ALICE, GUILD, 99, NOON)
+    assert (await budgets.check(ALICE, GUILD, NOON)).allowed
+    await budgets.record(ALICE, GUILD, 1, NOON)
+    verdict = await budgets.check(ALICE, GUILD, NOON)
+    assert not verdict.allowed
+    assert verdict.exhausted is Scope.USER
+    assert verdict.resets_at == MIDNIGHT
+    assert verdict.resets_in(NOON) == timedelta(hours=12)
+    assert verdict.resets_at_unix == 1741996800
+    assert (await budgets.check(BOB, GUILD, NOON)).allowed
+
+
+async def test_a_guild_budget_is_shared_by_its_members(store: SqliteUsageStore) -> None:
+    budgets = DailyBudgets(store, Budget(user_daily_tokens=1000, guild_daily_tokens=100))
+    await budgets.record(ALICE, GUILD, 60, NOON)
+    await budgets.record(BOB, GUILD, 40, NOON)
+    verdict = await budgets.check(CAROL, GUILD, NOON)
+    assert verdict.exhausted is Scope.GUILD
+    assert verdict.resets_at == MIDNIGHT
+    assert (await budgets.check(CAROL, OTHER_GUILD, NOON)).allowed
+    # In a direct message no server budget applies.
+    assert (await budgets.check(CAROL, None, NOON)).allowed
+
+
+async def test_the_user_budget_is_named_when_both_are_spent(store: SqliteUsageStore) -> None:
+    budgets = DailyBudgets(store, Budget(user_daily_tokens=50, guild_daily_tokens=50))
+    await budgets.record(ALICE, GUILD, 80, NOON)
+    assert (await budgets.check(ALICE, GUILD, NOON)).exhausted is Scope.USER
+    assert (await budgets.check(BOB, GUILD, NOON)).exhausted is Scope.GUILD
+
+
+async def test_budgets_start_afresh_at_utc_midnight(store: SqliteUsageStore) -> None:
+    budgets = DailyBudgets(store, Budget(user_daily_tokens=10, guild_daily_tokens=10))
+    just_before = MIDNIGHT - timedelta(microseconds=1)
+    await budgets.record(ALICE, GUILD, 10, just_before)
+    assert not (await budgets.check(ALICE, GUILD, just_before)).allowed
+    after = await budgets.check(ALICE, GUILD, MIDNIGHT)
+    assert after.allowed
+    assert after.resets_at == MIDNIGHT + timedelta(days=1)
+
+
+async def test_the_clock_gives_the_time_when_none_is_passed(store: SqliteUsageStore) -> None:
+    times = iter([NOON, NOON, MIDNIGHT])
+    budgets = DailyBudgets(store, Budget(user_daily_tokens=5), clock=lambda: next(times))
+    await budgets.record(ALICE, None, 5)
+    assert (await budgets.check(ALICE, None)).exhausted is Scope.USER
+    assert (await budgets.check(ALICE, None)).allowed
+
+
+async def test_recording_checks_its_input(store: SqliteUsageStore) -> None:
+    budgets = DailyBudgets(store, Budget(user_daily_tokens=5))
+    with pytest.raises(ValueError, match="0 or more"):
+        await budgets.record(ALICE, GUILD, -1, NOON)
+    with pytest.raises(ValueError, match="time zone"):
+        await budgets.check(ALICE, GUILD, datetime(2025, 3, 14, 12))
+    await budgets.record(ALICE, GUILD, 0, NOON)
+    assert (await budgets.usage_report(ALICE, GUILD, NOON)).user_tokens == 0
+
+
+@pytest.mark.parametrize(("user_limit", "guild_limit"), [(0, None), (None, 0), (-5, 10)], ids=str)
+def test_limits_below_one_are_refused(user_limit: int | None, guild_limit: int | None) -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        Budget(user_daily_tokens=user_limit, guild_daily_tokens=guild_limit)
+
+
+async def test_usage_report_for_the_usage_command(store: SqliteUsageStore) -> None:
+    budgets = DailyBudgets(store, Budget(user_daily_tokens=5000, guild_daily_tokens=20000))
+    await budgets.record(ALICE, GUILD, 1200, NOON)
+    await budgets.record(BOB, GUILD, 800, NOON)
+    assert await budgets.usage_report(ALICE, GUILD, NOON) == UsageReport(
+        day=DAY,
+        user_tokens=1200,
+        user_limit=5000,
+        guild_tokens=2000,
+        guild_limit=20000,
+        resets_at=MIDNIGHT,
+    )
+    in_dm = await budgets.usage_report(ALICE, None, NOON)
+    assert (in_dm.user_tokens, in_dm.guild_tokens, in_dm.guild_limit) == (1200, None, None)
+    assert in_dm.resets_at_unix == 1741996800
