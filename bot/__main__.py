@@ -2,6 +2,7 @@
 
     python -m bot          run the bot until SIGTERM or Ctrl-C
     python -m bot sync     register the slash commands globally, then exit
+    python -m bot ask "…"  answer in the terminal exactly as the bot would in Discord
 
 Exit status: 0 after a clean shutdown, 1 when Discord or the provider refuses to start,
 2 for bad configuration.
@@ -17,13 +18,16 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from typing import TextIO
 
 import discord
 from dotenv import load_dotenv
 
 from bot.client import AskBot
 from bot.config import ConfigError, Settings, load_settings
-from bot.llm import Completer, make_client
+from bot.llm import Completer, make_client, open_completer
+from bot.local_model import LocalModelError
+from bot.terminal import Terminal
 
 log = logging.getLogger("bot")
 
@@ -37,24 +41,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Real environment variables win over the .env file.
     load_dotenv(override=False)
     try:
-        settings = load_settings(os.environ)
+        settings = load_settings(os.environ, require_discord=args.command != "ask")
     except ConfigError as error:
         print(error, file=sys.stderr)
         return EXIT_CONFIG
-    configure_logging(settings.log_level)
+    # In the terminal, stdout carries the answer; logs go beside it.
+    configure_logging(
+        settings.log_level, stream=sys.stderr if args.command == "ask" else sys.stdout
+    )
     try:
         if args.command == "sync":
             return asyncio.run(sync_commands(settings))
+        if args.command == "ask":
+            return asyncio.run(ask_in_terminal(settings, args.prompt))
         return asyncio.run(run_bot(settings))
+    except LocalModelError as error:
+        log.error("%s", error)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         return EXIT_OK
 
 
-def configure_logging(level: str) -> None:
+def configure_logging(level: str, stream: TextIO = sys.stdout) -> None:
     """Log to stdout (hosted platforms keep no files), one line per record."""
     logging.basicConfig(
         level=level,
-        stream=sys.stdout,
+        stream=stream,
         format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
         force=True,
     )
@@ -70,33 +82,41 @@ async def run_bot(settings: Settings, stop: asyncio.Event | None = None) -> int:
     stop = stop or asyncio.Event()
     _stop_on_signals(stop)
     assert settings.discord_token is not None, "load_settings requires the token"
-    async with make_client(settings) as openai_client:
-        completer = Completer.from_settings(openai_client, settings)
-        async with AskBot(settings, completer) as bot:
-            runner = asyncio.create_task(bot.start(settings.discord_token.reveal()))
-            stopper = asyncio.create_task(stop.wait())
-            await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            stopper.cancel()
-            if not runner.done():
-                log.info("shutting down")
-                await bot.close()
-            try:
-                await runner
-            except discord.LoginFailure:
-                log.error("Discord rejected DISCORD_TOKEN: reset the token in the developer portal")
-                return EXIT_FAILURE
-            except discord.PrivilegedIntentsRequired:
-                log.error("Discord refused a privileged intent this bot does not need")
-                return EXIT_FAILURE
+    async with open_completer(settings) as completer, AskBot(settings, completer) as bot:
+        runner = asyncio.create_task(bot.start(settings.discord_token.reveal()))
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if not runner.done():
+            log.info("shutting down")
+            await bot.close()
+        try:
+            await runner
+        except discord.LoginFailure:
+            log.error("Discord rejected DISCORD_TOKEN: reset the token in the developer portal")
+            return EXIT_FAILURE
+        except discord.PrivilegedIntentsRequired:
+            log.error("Discord refused a privileged intent this bot does not need")
+            return EXIT_FAILURE
     log.info("stopped")
     return EXIT_OK
+
+
+async def ask_in_terminal(settings: Settings, prompt: str | None) -> int:
+    """Answer `prompt`, or every prompt read from stdin, printing the Discord messages."""
+    async with open_completer(settings) as completer:
+        terminal = Terminal(completer, settings, out=sys.stdout)
+        if prompt is not None:
+            return await terminal.answer(prompt)
+        return await terminal.repl(sys.stdin)
 
 
 async def sync_commands(settings: Settings) -> int:
     """Register the slash commands for every server the bot is in."""
     assert settings.discord_token is not None, "load_settings requires the token"
-    async with make_client(settings) as openai_client:
-        completer = Completer.from_settings(openai_client, settings)
+    # Syncing never calls the model, so no provider (or built-in model) is started.
+    async with make_client(settings) as client:
+        completer = Completer.from_settings(client, settings)
         async with AskBot(settings, completer, sync_on_start=False) as bot:
             try:
                 await bot.login(settings.discord_token.reveal())
@@ -122,6 +142,10 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("run", help="run the bot (the default)")
     sub.add_parser("sync", help="register the slash commands globally, then exit")
+    ask = sub.add_parser(
+        "ask", help="answer in the terminal as the bot would in Discord (no Discord needed)"
+    )
+    ask.add_argument("prompt", nargs="?", help="the prompt; without it, read prompts until EOF")
     args = parser.parse_args(argv)
     args.command = args.command or "run"
     return args

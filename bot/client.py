@@ -7,6 +7,7 @@ import logging
 import discord
 from discord.ext import commands
 
+from bot.answering import Answerer
 from bot.ask import Ask
 from bot.config import Settings
 from bot.llm import Completer
@@ -34,7 +35,12 @@ class AskBot(commands.Bot):
         self._sync_on_start = sync_on_start
 
     async def setup_hook(self) -> None:
-        await self.add_cog(Ask(self._completer))
+        answerer = Answerer(
+            self._completer,
+            stream=self._settings.stream_responses,
+            edit_interval=self._settings.stream_edit_interval,
+        )
+        await self.add_cog(Ask(answerer))
         guild_id = self._settings.discord_guild_id
         if self._sync_on_start and guild_id is not None:
             guild = discord.Object(id=guild_id)

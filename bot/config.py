@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TypeVar
 
 DEFAULT_MODEL = "gpt-4o-mini"
@@ -62,6 +63,14 @@ class Settings:
     max_output_tokens: int | None = None
     discord_guild_id: int | None = None
     log_level: str = "INFO"
+    stream_responses: bool = True
+    stream_edit_interval: float = 1.0
+    local_model_path: Path | None = None
+
+    @property
+    def uses_builtin_model(self) -> bool:
+        """No provider configured: answer with the built-in local model."""
+        return self.openai_api_key is None and self.openai_base_url is None
 
 
 def load_settings(env: Mapping[str, str], *, require_discord: bool = True) -> Settings:
@@ -79,11 +88,6 @@ def load_settings(env: Mapping[str, str], *, require_discord: bool = True) -> Se
         )
     api_key = reader.secret("OPENAI_API_KEY")
     base_url = reader.text("OPENAI_BASE_URL")
-    if api_key is None and base_url is None:
-        reader.problems.append(
-            "OPENAI_API_KEY is required unless OPENAI_BASE_URL points at an "
-            "OpenAI-compatible server that needs no key."
-        )
     if base_url is not None and not base_url.startswith(("http://", "https://")):
         reader.problems.append(
             f"OPENAI_BASE_URL must start with http:// or https:// (got {base_url!r})."
@@ -104,6 +108,11 @@ def load_settings(env: Mapping[str, str], *, require_discord: bool = True) -> Se
         ),
         discord_guild_id=reader.parse("DISCORD_GUILD_ID", _snowflake, None, "a numeric server id"),
         log_level=reader.parse("LOG_LEVEL", _log_level, "INFO", "DEBUG, INFO, WARNING or ERROR"),
+        local_model_path=reader.parse("LOCAL_MODEL_PATH", Path, None, "a file path"),
+        stream_responses=reader.parse("STREAM_RESPONSES", _flag, True, "true or false"),
+        stream_edit_interval=reader.parse(
+            "STREAM_EDIT_INTERVAL", _positive_float, 1.0, "a number of seconds > 0"
+        ),
     )
     if reader.problems:
         raise ConfigError(reader.problems)
@@ -155,6 +164,17 @@ def _positive_int(raw: str) -> int:
     if value <= 0:
         raise ValueError(raw)
     return value
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _flag(raw: str) -> bool:
+    value = raw.lower()
+    if value not in _TRUE | _FALSE:
+        raise ValueError(raw)
+    return value in _TRUE
 
 
 def _snowflake(raw: str) -> int:

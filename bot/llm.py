@@ -19,7 +19,8 @@ Each error carries the provider's request id, when there is one, for the operato
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import openai
@@ -102,16 +103,48 @@ class Chunk:
     usage: Usage | None = None
 
 
-def make_client(settings: Settings) -> openai.AsyncOpenAI:
+def make_client(settings: Settings, *, base_url: str | None = None) -> openai.AsyncOpenAI:
     """Build the process's one `AsyncOpenAI`; the caller owns it and must close it."""
     return openai.AsyncOpenAI(
         # Compatible servers such as Ollama or llama.cpp accept any key, but the SDK
         # refuses to start without one.
         api_key=settings.openai_api_key.reveal() if settings.openai_api_key else "unused",
-        base_url=settings.openai_base_url,
+        base_url=base_url or settings.openai_base_url,
         timeout=settings.openai_timeout,
         max_retries=settings.openai_max_retries,
     )
+
+
+@asynccontextmanager
+async def open_completer(settings: Settings) -> AsyncIterator[Completer]:
+    """The process's `Completer`, with its HTTP client (and built-in model) owned here.
+
+    With no provider configured this starts the built-in local model first, which
+    raises `bot.local_model.LocalModelError` when it cannot be served.
+    """
+    if not settings.uses_builtin_model:
+        async with make_client(settings) as client:
+            yield Completer.from_settings(client, settings)
+        return
+
+    # Imported here: a deployment that uses a provider never loads llama.cpp.
+    from bot.local_model import LocalModelServer
+
+    async with LocalModelServer.start(model_path=settings.local_model_path) as server:
+        log.info(
+            "No OPENAI_API_KEY or OPENAI_BASE_URL set: answering with the built-in model %s. "
+            "It is tiny and for trying the bot out; set OPENAI_API_KEY (or OPENAI_BASE_URL "
+            "for Ollama, vLLM, llama.cpp, OpenRouter) to use a real one.",
+            server.model.describe(),
+        )
+        async with make_client(settings, base_url=server.base_url) as client:
+            yield Completer(
+                client,
+                model=server.model_name,
+                system_prompt=settings.system_prompt,
+                max_output_tokens=settings.max_output_tokens,
+                compatible_server=True,
+            )
 
 
 class Completer:

@@ -263,7 +263,7 @@ class LocalModelServer:
                     f"The local model server at {server.base_url} did not answer /health "
                     f"within {health_timeout:g} s"
                 ) from None
-            log.info(
+            log.debug(
                 "Local model %s serving at %s with %d slots (ready in %.1f s)",
                 model.describe(),
                 server.base_url,

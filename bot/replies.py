@@ -15,6 +15,7 @@ UNEXPECTED = (
     "Sorry, something went wrong while answering. The error has been logged; please try again."
 )
 TRUNCATED_NOTE = "*(The answer was cut off because it reached the length limit.)*"
+STOPPED_NOTE = "*(Stopped.)*"
 
 
 def error_message(error: llm.CompletionError) -> str:
@@ -48,6 +49,11 @@ def error_message(error: llm.CompletionError) -> str:
     if isinstance(error, llm.Refused):
         return "The model declined to answer that. Please try asking differently."
     return UNEXPECTED
+
+
+def interrupted_note(error: llm.CompletionError) -> str:
+    """The note after a partial answer whose stream failed midway."""
+    return f"*(The answer was interrupted. {error_message(error)})*"
 
 
 def _retry_hint(retry_after: float | None) -> str:

@@ -48,6 +48,7 @@ def test_values_are_parsed_and_typed() -> None:
 def test_base_url_alone_needs_no_api_key() -> None:
     settings = load_settings({"DISCORD_TOKEN": "t", "OPENAI_BASE_URL": "http://127.0.0.1:8080/v1"})
     assert settings.openai_api_key is None
+    assert not settings.uses_builtin_model
 
 
 def test_blank_values_count_as_unset() -> None:
@@ -82,9 +83,11 @@ def test_every_problem_is_reported_together() -> None:
     assert len(caught.value.problems) == 7
 
 
-def test_missing_key_without_base_url_is_reported() -> None:
-    with pytest.raises(ConfigError, match="OPENAI_API_KEY"):
-        load_settings({"DISCORD_TOKEN": "t"})
+def test_no_provider_means_the_builtin_model() -> None:
+    settings = load_settings({"DISCORD_TOKEN": "t", "LOCAL_MODEL_PATH": "/models/x.gguf"})
+    assert settings.uses_builtin_model
+    assert str(settings.local_model_path) == "/models/x.gguf"
+    assert not load_settings(MINIMAL).uses_builtin_model
 
 
 def test_discord_token_can_be_optional() -> None:

@@ -1,0 +1,80 @@
+"""The Discord messages that make up one answer."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Protocol
+
+import discord
+
+log = logging.getLogger(__name__)
+
+
+class Messages(Protocol):
+    """An ordered set of messages that can be created and edited: Discord, or a terminal."""
+
+    @property
+    def count(self) -> int: ...
+
+    def showing(self, index: int) -> tuple[str, discord.ui.View | None]: ...
+
+    async def show(self, index: int, content: str, view: discord.ui.View | None = None) -> None: ...
+
+    async def finish(self, parts: Sequence[str]) -> None: ...
+
+
+class Reply:
+    """Creates and edits the followup messages of one interaction, in order.
+
+    The interaction must already be acknowledged with a defer. The first message
+    sent replaces the "thinking…" message (after a defer, the first followup *is*
+    the original response); later ones follow it. A message is edited only when its
+    content or its buttons change, so repeated calls cost no requests.
+    """
+
+    def __init__(self, followup: discord.Webhook, *, ephemeral: bool = False) -> None:
+        self._followup = followup
+        self._ephemeral = ephemeral
+        self._messages: list[discord.WebhookMessage] = []
+        self._shown: list[tuple[str, discord.ui.View | None]] = []
+
+    @property
+    def count(self) -> int:
+        """How many messages have been sent so far."""
+        return len(self._messages)
+
+    def showing(self, index: int) -> tuple[str, discord.ui.View | None]:
+        """The content and buttons message `index` currently shows."""
+        return self._shown[index]
+
+    async def show(self, index: int, content: str, view: discord.ui.View | None = None) -> None:
+        """Make message `index` (an existing one, or the next) show `content` and `view`."""
+        if index < len(self._messages):
+            if self._shown[index] == (content, view):
+                return
+            message = self._messages[index]
+            self._messages[index] = await message.edit(content=content, view=view)
+        elif index == len(self._messages):
+            if view is None:
+                message = await self._followup.send(content, wait=True, ephemeral=self._ephemeral)
+            else:
+                message = await self._followup.send(
+                    content, wait=True, ephemeral=self._ephemeral, view=view
+                )
+            self._messages.append(message)
+        else:
+            raise IndexError(f"message {index} requested after only {len(self._messages)}")
+        if index < len(self._shown):
+            self._shown[index] = (content, view)
+        else:
+            self._shown.append((content, view))
+
+    async def finish(self, parts: Sequence[str]) -> None:
+        """Show exactly `parts`, without buttons; surplus earlier messages are deleted."""
+        for index, part in enumerate(parts):
+            await self.show(index, part)
+        while len(self._messages) > len(parts):
+            message = self._messages.pop()
+            self._shown.pop()
+            await message.delete()

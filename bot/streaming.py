@@ -1,0 +1,129 @@
+"""Shows an answer in Discord while the model is still writing it.
+
+`LiveReply` receives the growing text and keeps the channel in step with it:
+
+- the first text is shown as soon as it arrives; after that each message is edited
+  at most once per `interval`, coalescing everything that arrived in between;
+- a message still growing ends with a small "still writing" marker and carries the
+  Stop button;
+- once the splitter says a message can no longer change (`settled_count`), it gets
+  its final content, loses the marker and the button, and is never edited again;
+  the text continues in the next message;
+- `close(parts)` writes the final messages, which are exactly what the non-streamed
+  path sends for the same answer.
+
+Pacing is per answer and per message: there is no global timer or lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Callable, Sequence
+
+import discord
+
+from bot.chunking import settled_count, split_message
+from bot.formatting import MESSAGE_LIMIT, close_open_fence
+from bot.reply import Messages
+
+log = logging.getLogger(__name__)
+
+WRITING_MARKER = "\n-# \N{WRITING HAND} still writing\N{HORIZONTAL ELLIPSIS}"
+
+
+class LiveReply:
+    """The messages of one streamed answer; run `run()` as a task beside the stream."""
+
+    def __init__(
+        self,
+        reply: Messages,
+        *,
+        interval: float,
+        view_factory: Callable[[], discord.ui.View | None] = lambda: None,
+        limit: int = MESSAGE_LIMIT,
+    ) -> None:
+        self._reply = reply
+        self._interval = interval
+        self._view_factory = view_factory
+        self._limit = limit
+        self._text = ""
+        self._final: Sequence[str] | None = None
+        self._changed = asyncio.Event()
+        self._sealed = 0
+        self._last_edit: dict[int, float] = {}
+        self._views: dict[int, discord.ui.View | None] = {}
+        self.edits = 0
+
+    def update(self, text: str) -> None:
+        """The answer so far; cheap, call it for every chunk."""
+        self._text = text
+        self._changed.set()
+
+    async def close(self, parts: Sequence[str], renderer: asyncio.Task[None]) -> None:
+        """Stop showing progress and make the channel show exactly `parts`."""
+        self._final = parts
+        self._changed.set()
+        await renderer
+
+    async def run(self) -> None:
+        """Render until `close` is called; the caller owns this task."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._changed.wait()
+            self._changed.clear()
+            if self._final is not None:
+                await self._render_final(self._final, loop)
+                return
+            await self._render_progress(loop)
+
+    async def _render_progress(self, loop: asyncio.AbstractEventLoop) -> None:
+        text = self._text
+        parts = split_message(text, self._limit)
+        if not parts:
+            return
+        settled = settled_count(text, self._limit)
+        while self._sealed < settled:
+            await self._show(self._sealed, parts[self._sealed], loop, live=False)
+            self._sealed += 1
+        if self._final is None:
+            await self._show(self._sealed, self._live_text(parts[self._sealed]), loop, live=True)
+
+    async def _render_final(self, parts: Sequence[str], loop: asyncio.AbstractEventLoop) -> None:
+        for index in range(self._sealed, len(parts)):
+            await self._show(index, parts[index], loop, live=False)
+        for view in self._views.values():
+            if view is not None:
+                view.stop()
+        await self._reply.finish(parts)
+
+    async def _show(
+        self, index: int, content: str, loop: asyncio.AbstractEventLoop, *, live: bool
+    ) -> None:
+        view = self._view_for(index) if live else None
+        if index < self._reply.count:
+            if self._reply.showing(index) == (content, view):
+                return
+            # One edit per message per interval keeps a streamed answer well inside
+            # Discord's per-route rate limits.
+            wait = self._last_edit.get(index, -math.inf) + self._interval - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+                if live and self._final is not None:
+                    return  # the final render supersedes this progress edit
+            self.edits += 1
+        await self._reply.show(index, content, view)
+        self._last_edit[index] = loop.time()
+
+    def _view_for(self, index: int) -> discord.ui.View | None:
+        if index not in self._views:
+            self._views[index] = self._view_factory()
+        return self._views[index]
+
+    def _live_text(self, part: str) -> str:
+        """`part` as shown while it still grows: any open fence closed, then the marker."""
+        room = self._limit - len(WRITING_MARKER) - 8
+        if len(part) > room:
+            part = split_message(part, room)[0]
+        return close_open_fence(part) + WRITING_MARKER
