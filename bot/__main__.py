@@ -17,17 +17,23 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import TextIO
 
 import discord
 from dotenv import load_dotenv
 
+from bot.access import AccessRules
+from bot.ask import FairUse
 from bot.client import AskBot
 from bot.config import ConfigError, Settings, load_settings
+from bot.limits import AskGate, Cooldown
 from bot.llm import Completer, make_client, open_completer
 from bot.local_model import LocalModelError
+from bot.metrics import Metrics
 from bot.terminal import Terminal
+from bot.usage import Budget, DailyBudgets, SqliteUsageStore
 
 log = logging.getLogger("bot")
 
@@ -75,20 +81,26 @@ def configure_logging(level: str, stream: TextIO = sys.stdout) -> None:
 
 
 async def run_bot(settings: Settings, stop: asyncio.Event | None = None) -> int:
-    """Run until `stop` is set (SIGTERM/SIGINT set it), then close everything.
+    """Run until `stop` is set (SIGTERM/SIGINT set it), then shut down gracefully.
 
-    Returns the exit status; raises nothing for the failures an operator can fix.
+    On stop, new asks are told the bot is restarting, answers in flight get up to
+    SHUTDOWN_GRACE seconds to finish, then everything closes. Returns the exit status;
+    raises nothing for the failures an operator can fix.
     """
     stop = stop or asyncio.Event()
     _stop_on_signals(stop)
     assert settings.discord_token is not None, "load_settings requires the token"
-    async with open_completer(settings) as completer, AskBot(settings, completer) as bot:
+    async with (
+        open_fair_use(settings) as fair_use,
+        open_completer(settings) as completer,
+        AskBot(settings, completer, fair_use) as bot,
+    ):
         runner = asyncio.create_task(bot.start(settings.discord_token.reveal()))
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()
         if not runner.done():
-            log.info("shutting down")
+            await _drain(fair_use.gate, settings.shutdown_grace)
             await bot.close()
         try:
             await runner
@@ -100,6 +112,51 @@ async def run_bot(settings: Settings, stop: asyncio.Event | None = None) -> int:
             return EXIT_FAILURE
     log.info("stopped")
     return EXIT_OK
+
+
+async def _drain(gate: AskGate, grace: float) -> None:
+    gate.close()
+    if gate.running:
+        log.info("shutting down: finishing %d answer(s), waiting up to %g s", gate.running, grace)
+    else:
+        log.info("shutting down")
+    try:
+        async with asyncio.timeout(grace):
+            await gate.drained()
+    except TimeoutError:
+        log.warning("shutting down with %d answer(s) unfinished after %g s", gate.running, grace)
+
+
+@asynccontextmanager
+async def open_fair_use(settings: Settings) -> AsyncIterator[FairUse]:
+    """The limits, usage store and metrics of this process, closed on exit."""
+    store = await SqliteUsageStore.open(settings.data_path)
+    metrics = Metrics()
+    gate = AskGate(settings.max_concurrent_asks, settings.max_queued_asks)
+    metrics.track_gate(lambda: gate.running, lambda: gate.queued)
+    stop_metrics = None
+    try:
+        if settings.metrics_port is not None:
+            stop_metrics = metrics.serve(settings.metrics_port, settings.metrics_host)
+        yield FairUse(
+            rules=AccessRules(
+                guild_ids=settings.allowed_guild_ids,
+                channel_ids=settings.allowed_channel_ids,
+                role_ids=settings.allowed_role_ids,
+                allow_dms=settings.allow_dms,
+            ),
+            max_prompt_chars=settings.max_prompt_chars,
+            cooldown=Cooldown(settings.ask_cooldown) if settings.ask_cooldown else None,
+            gate=gate,
+            budgets=DailyBudgets(
+                store, Budget(settings.user_daily_tokens, settings.guild_daily_tokens)
+            ),
+            metrics=metrics,
+        )
+    finally:
+        if stop_metrics is not None:
+            await asyncio.to_thread(stop_metrics)
+        await store.close()
 
 
 async def ask_in_terminal(settings: Settings, prompt: str | None) -> int:
@@ -115,9 +172,9 @@ async def sync_commands(settings: Settings) -> int:
     """Register the slash commands for every server the bot is in."""
     assert settings.discord_token is not None, "load_settings requires the token"
     # Syncing never calls the model, so no provider (or built-in model) is started.
-    async with make_client(settings) as client:
+    async with make_client(settings) as client, open_fair_use(settings) as fair_use:
         completer = Completer.from_settings(client, settings)
-        async with AskBot(settings, completer, sync_on_start=False) as bot:
+        async with AskBot(settings, completer, fair_use, sync_on_start=False) as bot:
             try:
                 await bot.login(settings.discord_token.reveal())
             except discord.LoginFailure:

@@ -31,7 +31,20 @@ class Progress:
 
     text: str = ""
     finish_reason: str | None = None
+    usage: llm.Usage | None = None
     error: llm.CompletionError | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one answer ended, for the ask's log line, metrics and token budgets."""
+
+    kind: str
+    """answered, truncated, stopped, interrupted, or the `CompletionError.kind`."""
+    text: str
+    usage: llm.Usage | None
+    first_text_at: float | None
+    """The event loop time the first answer text was shown, if any was."""
 
 
 class Answerer:
@@ -50,27 +63,30 @@ class Answerer:
         messages: Messages,
         *,
         stop_button: ViewFactory = lambda _pressed: None,
-    ) -> None:
+    ) -> Outcome:
         """Ask the model and show its answer in `messages`.
 
         `stop_button(pressed)` builds the buttons for a message still being written;
         setting `pressed` stops the generation, keeping the text so far.
         """
         if self._stream:
-            await self._stream_answer(prompt, messages, stop_button)
-        else:
-            await self._answer(prompt, messages)
+            return await self._stream_answer(prompt, messages, stop_button)
+        return await self._answer(prompt, messages)
 
-    async def _answer(self, prompt: str, reply: Messages) -> None:
+    async def _answer(self, prompt: str, reply: Messages) -> Outcome:
         try:
             answer = await self._completer.complete(prompt)
         except llm.CompletionError as error:
             await reply.finish([replies.error_message(error)])
-            return
+            return Outcome(error.kind, "", None, None)
         note = replies.TRUNCATED_NOTE if answer.truncated else None
         await reply.finish(final_parts(answer.text, note))
+        kind = "truncated" if answer.truncated else "answered"
+        return Outcome(kind, answer.text, answer.usage, asyncio.get_running_loop().time())
 
-    async def _stream_answer(self, prompt: str, reply: Messages, stop_button: ViewFactory) -> None:
+    async def _stream_answer(
+        self, prompt: str, reply: Messages, stop_button: ViewFactory
+    ) -> Outcome:
         stop_pressed = asyncio.Event()
         live = LiveReply(
             reply, interval=self._edit_interval, view_factory=lambda: stop_button(stop_pressed)
@@ -95,6 +111,12 @@ class Answerer:
                 await live.close(final_parts(progress.text), renderer)
                 consumer.result()
             await live.close(streamed_parts(progress, stopped=stopped), renderer)
+            return Outcome(
+                streamed_kind(progress, stopped=stopped),
+                progress.text,
+                progress.usage,
+                live.first_shown_at,
+            )
         finally:
             for task in (consumer, stop_waiter, renderer):
                 task.cancel()
@@ -106,6 +128,7 @@ class Answerer:
                     progress.text += chunk.text
                     live.update(progress.text)
                 progress.finish_reason = chunk.finish_reason or progress.finish_reason
+                progress.usage = chunk.usage or progress.usage
         except llm.CompletionError as error:
             progress.error = error
 
@@ -121,3 +144,11 @@ def streamed_parts(progress: Progress, *, stopped: bool) -> list[str]:
     if progress.finish_reason == "length":
         return final_parts(progress.text, replies.TRUNCATED_NOTE)
     return final_parts(progress.text)
+
+
+def streamed_kind(progress: Progress, *, stopped: bool) -> str:
+    if stopped:
+        return "stopped"
+    if progress.error is not None:
+        return "interrupted" if progress.text.strip() else progress.error.kind
+    return "truncated" if progress.finish_reason == "length" else "answered"

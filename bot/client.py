@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 
 import discord
+from discord import app_commands
 from discord.ext import commands
 
 from bot.answering import Answerer
-from bot.ask import Ask
+from bot.ask import Ask, FairUse
 from bot.config import Settings
 from bot.llm import Completer
 from bot.tree import AskTree
@@ -19,7 +20,15 @@ log = logging.getLogger(__name__)
 class AskBot(commands.Bot):
     """A bot that answers slash commands only; it reads no message content."""
 
-    def __init__(self, settings: Settings, completer: Completer, *, sync_on_start: bool = True):
+    def __init__(
+        self,
+        settings: Settings,
+        completer: Completer,
+        fair_use: FairUse,
+        *,
+        sync_on_start: bool = True,
+    ) -> None:
+        dms = settings.allow_dms
         super().__init__(
             command_prefix=commands.when_mentioned,
             help_command=None,
@@ -29,7 +38,13 @@ class AskBot(commands.Bot):
             # Model output is untrusted: it must never ping anyone. This default also
             # covers interaction followups, which use the client's state.
             allowed_mentions=discord.AllowedMentions.none(),
+            # Without ALLOW_DMS the commands are not offered in direct messages at all.
+            allowed_contexts=app_commands.AppCommandContext(
+                guild=True, dm_channel=dms, private_channel=dms
+            ),
+            http_trace=fair_use.metrics.discord_trace(),
         )
+        self._fair_use = fair_use
         self._settings = settings
         self._completer = completer
         self._sync_on_start = sync_on_start
@@ -40,7 +55,7 @@ class AskBot(commands.Bot):
             stream=self._settings.stream_responses,
             edit_interval=self._settings.stream_edit_interval,
         )
-        await self.add_cog(Ask(answerer))
+        await self.add_cog(Ask(answerer, self._fair_use))
         guild_id = self._settings.discord_guild_id
         if self._sync_on_start and guild_id is not None:
             guild = discord.Object(id=guild_id)

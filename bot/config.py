@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from bot.limits import CooldownSpec, parse_cooldown
+
 DEFAULT_MODEL = "gpt-4o-mini"
 DEFAULT_SYSTEM_PROMPT = (
     "You are a helpful assistant answering in a Discord channel. "
@@ -66,6 +68,20 @@ class Settings:
     stream_responses: bool = True
     stream_edit_interval: float = 1.0
     local_model_path: Path | None = None
+    ask_cooldown: CooldownSpec | None = None
+    max_concurrent_asks: int = 50
+    max_queued_asks: int = 200
+    max_prompt_chars: int = 6000
+    allowed_guild_ids: frozenset[int] = frozenset()
+    allowed_channel_ids: frozenset[int] = frozenset()
+    allowed_role_ids: frozenset[int] = frozenset()
+    allow_dms: bool = False
+    user_daily_tokens: int | None = None
+    guild_daily_tokens: int | None = None
+    data_path: Path = Path("data")
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    shutdown_grace: float = 20.0
 
     @property
     def uses_builtin_model(self) -> bool:
@@ -109,6 +125,36 @@ def load_settings(env: Mapping[str, str], *, require_discord: bool = True) -> Se
         discord_guild_id=reader.parse("DISCORD_GUILD_ID", _snowflake, None, "a numeric server id"),
         log_level=reader.parse("LOG_LEVEL", _log_level, "INFO", "DEBUG, INFO, WARNING or ERROR"),
         local_model_path=reader.parse("LOCAL_MODEL_PATH", Path, None, "a file path"),
+        ask_cooldown=reader.parse(
+            "ASK_COOLDOWN", parse_cooldown, None, "asks/seconds, for example 3/60"
+        ),
+        max_concurrent_asks=reader.parse(
+            "MAX_CONCURRENT_ASKS", _positive_int, 50, "a whole number > 0"
+        ),
+        max_queued_asks=reader.parse("MAX_QUEUED_ASKS", _count, 200, "a whole number >= 0"),
+        max_prompt_chars=reader.parse(
+            "MAX_PROMPT_CHARS", _prompt_chars, 6000, "a whole number from 1 to 6000"
+        ),
+        allowed_guild_ids=reader.parse(
+            "ALLOWED_GUILD_IDS", _snowflakes, frozenset(), "comma-separated numeric ids"
+        ),
+        allowed_channel_ids=reader.parse(
+            "ALLOWED_CHANNEL_IDS", _snowflakes, frozenset(), "comma-separated numeric ids"
+        ),
+        allowed_role_ids=reader.parse(
+            "ALLOWED_ROLE_IDS", _snowflakes, frozenset(), "comma-separated numeric ids"
+        ),
+        allow_dms=reader.parse("ALLOW_DMS", _flag, False, "true or false"),
+        user_daily_tokens=reader.parse(
+            "USER_DAILY_TOKENS", _positive_int, None, "a whole number of tokens > 0"
+        ),
+        guild_daily_tokens=reader.parse(
+            "GUILD_DAILY_TOKENS", _positive_int, None, "a whole number of tokens > 0"
+        ),
+        data_path=reader.parse("DATA_PATH", Path, Path("data"), "a directory path"),
+        metrics_port=reader.parse("METRICS_PORT", _port, None, "a port number from 1 to 65535"),
+        metrics_host=reader.text("METRICS_HOST") or "127.0.0.1",
+        shutdown_grace=reader.parse("SHUTDOWN_GRACE", _seconds, 20.0, "a number of seconds >= 0"),
         stream_responses=reader.parse("STREAM_RESPONSES", _flag, True, "true or false"),
         stream_edit_interval=reader.parse(
             "STREAM_EDIT_INTERVAL", _positive_float, 1.0, "a number of seconds > 0"
@@ -175,6 +221,32 @@ def _flag(raw: str) -> bool:
     if value not in _TRUE | _FALSE:
         raise ValueError(raw)
     return value in _TRUE
+
+
+def _snowflakes(raw: str) -> frozenset[int]:
+    return frozenset(_snowflake(part.strip()) for part in raw.split(",") if part.strip())
+
+
+def _prompt_chars(raw: str) -> int:
+    value = int(raw)
+    # Discord itself caps a string option at 6000 characters.
+    if not 1 <= value <= 6000:
+        raise ValueError(raw)
+    return value
+
+
+def _port(raw: str) -> int:
+    value = int(raw)
+    if not 1 <= value <= 65535:
+        raise ValueError(raw)
+    return value
+
+
+def _seconds(raw: str) -> float:
+    value = float(raw)
+    if not 0 <= value < float("inf"):
+        raise ValueError(raw)
+    return value
 
 
 def _snowflake(raw: str) -> int:

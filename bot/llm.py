@@ -22,6 +22,7 @@ import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import ClassVar
 
 import openai
 from openai.types.chat import ChatCompletionMessageParam
@@ -34,12 +35,17 @@ log = logging.getLogger(__name__)
 class CompletionError(Exception):
     """The model call failed; `str()` is for operators, never shown to users."""
 
+    kind: ClassVar[str] = "failed"
+    """A short name for logs and metrics."""
+
     def __init__(self, detail: str, *, request_id: str | None = None) -> None:
         super().__init__(detail)
         self.request_id = request_id
 
 
 class RateLimited(CompletionError):
+    kind = "rate_limited"
+
     def __init__(
         self, detail: str, *, retry_after: float | None, request_id: str | None = None
     ) -> None:
@@ -48,27 +54,27 @@ class RateLimited(CompletionError):
 
 
 class TimedOut(CompletionError):
-    pass
+    kind = "timed_out"
 
 
 class PromptTooLong(CompletionError):
-    pass
+    kind = "prompt_too_long"
 
 
 class ProviderMisconfigured(CompletionError):
-    pass
+    kind = "misconfigured"
 
 
 class ProviderUnavailable(CompletionError):
-    pass
+    kind = "unavailable"
 
 
 class EmptyAnswer(CompletionError):
-    pass
+    kind = "empty"
 
 
 class Refused(CompletionError):
-    pass
+    kind = "refused"
 
 
 @dataclass(frozen=True)

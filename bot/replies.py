@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from bot import llm
+from bot import llm, usage
 
 EMPTY_PROMPT = "Please type a question after `/ask`, for example `/ask prompt: What is a monad?`"
 UNEXPECTED = (
@@ -64,3 +64,41 @@ def _retry_hint(retry_after: float | None) -> str:
         unit = "second" if seconds == 1 else "seconds"
         return f"Please try again in {seconds} {unit}."
     return f"Please try again in {math.ceil(seconds / 60)} minutes."
+
+
+def prompt_too_long(limit: int) -> str:
+    return f"Your prompt is too long: please keep it under {limit:,} characters."
+
+
+def cooldown(retry_after: float) -> str:
+    return f"You're asking quickly! {_retry_hint(retry_after)}"
+
+
+BUSY = "I'm answering a lot of questions right now. Please try again shortly."
+RESTARTING = "I'm restarting right now. Please try again in a minute."
+
+
+def queue_position(place: int) -> str:
+    return (
+        f"\N{HOURGLASS WITH FLOWING SAND} You're #{place} in line; "
+        "I'll start on your question as soon as I can."
+    )
+
+
+def budget_exhausted(scope: usage.Scope, resets_at_unix: int) -> str:
+    whose = "You've" if scope is usage.Scope.USER else "This server has"
+    return f"{whose} used today's token budget. It resets <t:{resets_at_unix}:R>."
+
+
+def usage_report(report: usage.UsageReport) -> str:
+    lines = [f"You've used **{report.user_tokens:,}** tokens today{_of(report.user_limit)}."]
+    if report.guild_tokens is not None:
+        lines.append(
+            f"This server has used **{report.guild_tokens:,}** tokens{_of(report.guild_limit)}."
+        )
+    lines.append(f"Counts reset <t:{report.resets_at_unix}:R>.")
+    return "\n".join(lines)
+
+
+def _of(limit: int | None) -> str:
+    return f" of {limit:,}" if limit is not None else " (no limit)"

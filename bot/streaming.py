@@ -55,6 +55,7 @@ class LiveReply:
         self._last_edit: dict[int, float] = {}
         self._views: dict[int, discord.ui.View | None] = {}
         self.edits = 0
+        self.first_shown_at: float | None = None
 
     def update(self, text: str) -> None:
         """The answer so far; cheap, call it for every chunk."""
@@ -115,6 +116,8 @@ class LiveReply:
             self.edits += 1
         await self._reply.show(index, content, view)
         self._last_edit[index] = loop.time()
+        if self.first_shown_at is None:
+            self.first_shown_at = self._last_edit[index]
 
     def _view_for(self, index: int) -> discord.ui.View | None:
         if index not in self._views:

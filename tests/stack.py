@@ -1,0 +1,151 @@
+"""The bot running in-process against the local Discord and model server, as in production.
+
+`run_stack` starts `bot.__main__.run_bot` (the code path of `python -m bot`) with settings
+pointing at the fakes, waits until its commands are registered and it is connected, and
+on exit stops it the way SIGTERM does, checking that it exits with status 0.
+
+Completion is observed, never slept for: the bot writes one log line per ask when the
+ask is over, and `Stack.ask` resolves on that line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bot.__main__ import run_bot
+from bot.config import load_settings
+from tests.fakes.discord import FakeDiscord, InteractionHandle, User, VisibleMessage
+from tests.fakes.openai_server import FakeOpenAI
+
+ASK_LINE = re.compile(r"^ask interaction=(\d+) .*outcome=(\S+)")
+WAIT = 30.0
+
+
+class AskLog(logging.Handler):
+    """Resolves a future per interaction when the bot logs that the ask is over."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.outcomes: dict[int, asyncio.Future[str]] = {}
+        self.lines: list[str] = []
+
+    def future(self, interaction_id: int) -> asyncio.Future[str]:
+        if interaction_id not in self.outcomes:
+            self.outcomes[interaction_id] = asyncio.get_running_loop().create_future()
+        return self.outcomes[interaction_id]
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        self.lines.append(message)
+        match = ASK_LINE.match(message)
+        if match:
+            future = self.future(int(match.group(1)))
+            if not future.done():
+                future.set_result(match.group(2))
+
+
+@dataclass
+class Asked:
+    handle: InteractionHandle
+    outcome: str
+    messages: list[VisibleMessage] = field(default_factory=list)
+
+    @property
+    def contents(self) -> list[str]:
+        return [message.content for message in self.messages]
+
+
+@dataclass
+class Stack:
+    discord: FakeDiscord
+    model: FakeOpenAI
+    log: AskLog
+    task: asyncio.Task[int]
+    stop: asyncio.Event
+
+    def send(
+        self, prompt: str, *, user: User | None = None, private: bool | None = None
+    ) -> InteractionHandle:
+        """A person runs `/ask prompt:…` now."""
+        options: dict[str, str | bool] = {"prompt": prompt}
+        if private is not None:
+            options["private"] = private
+        return self.discord.dispatch_interaction("ask", options, user=user)
+
+    async def finished(self, handle: InteractionHandle) -> Asked:
+        """Wait until the bot says this ask is over; return what the channel shows for it."""
+        async with asyncio.timeout(WAIT):
+            outcome = await self.log.future(handle.id)
+        return Asked(handle, outcome, self.messages_of(handle))
+
+    async def ask(
+        self, prompt: str, *, user: User | None = None, private: bool | None = None
+    ) -> Asked:
+        return await self.finished(self.send(prompt, user=user, private=private))
+
+    def messages_of(self, handle: InteractionHandle) -> list[VisibleMessage]:
+        return [
+            message
+            for message in self.discord.transcript(viewer=handle.interaction.user)
+            if message.interaction_id == handle.id
+        ]
+
+
+def stack_settings(
+    discord: FakeDiscord, model: FakeOpenAI, data: Path, overrides: Mapping[str, str]
+) -> dict[str, str]:
+    return {
+        "DISCORD_TOKEN": discord.token,
+        "OPENAI_BASE_URL": model.base_url,
+        "OPENAI_API_KEY": "sk-test-key",
+        "OPENAI_MAX_RETRIES": "0",
+        "OPENAI_TIMEOUT": "5",
+        "DISCORD_GUILD_ID": str(discord.guild_id),
+        "DATA_PATH": str(data),
+        # Streaming pace is measured in bench/; tests keep it short.
+        "STREAM_EDIT_INTERVAL": "0.05",
+        **overrides,
+    }
+
+
+@asynccontextmanager
+async def run_stack(
+    discord: FakeDiscord,
+    model: FakeOpenAI,
+    data: Path,
+    overrides: Mapping[str, str] | None = None,
+) -> AsyncIterator[Stack]:
+    settings = load_settings(stack_settings(discord, model, data, overrides or {}))
+    ask_log = AskLog()
+    logger = logging.getLogger("bot")
+    logger.addHandler(ask_log)
+    previous_level = logger.level
+    logger.setLevel(logging.INFO)
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_bot(settings, stop))
+    try:
+        async with asyncio.timeout(WAIT):
+            await discord.wait_for(
+                lambda: (
+                    task.done()
+                    or (
+                        bool(discord.commands(discord.guild_id))
+                        and discord.gateway.readies_sent > 0
+                    )
+                )
+            )
+        if task.done():
+            task.result()
+        yield Stack(discord, model, ask_log, task, stop)
+    finally:
+        stop.set()
+        status = await asyncio.wait_for(task, WAIT)
+        logger.removeHandler(ask_log)
+        logger.setLevel(previous_level)
+    assert status == 0
