@@ -1,0 +1,350 @@
+"""A local Discord on 127.0.0.1: gateway and HTTP API on one port, for a real, unmodified bot.
+
+Start it, point discord.py at it (:func:`~tests.fakes.discord.redirect.point_discord_py_at`),
+run the bot, then act as a person would (:meth:`FakeDiscord.dispatch_interaction`,
+:meth:`FakeDiscord.press_button`) and assert on what people see
+(:meth:`FakeDiscord.transcript`) and on every request the bot made (:attr:`FakeDiscord.calls`).
+
+The fake enforces what Discord enforces; see the modules for each rule:
+``gateway`` (handshake, close codes, resume), ``rest`` (auth, routes, interactions),
+``rules`` (message and command limits), ``ratelimit`` (buckets and 429s) and ``spec``
+(the OpenAPI check of every body).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from aiohttp import web
+
+from . import rules
+from .clock import Clock
+from .gateway import Gateway
+from .interactions import (
+    InteractionHandle,
+    OptionValue,
+    command_data,
+    component_data,
+)
+from .payloads import command_payload, interaction_payload, message_payload
+from .ratelimit import RateLimiter, RateLimits
+from .rest import API_PREFIX, Call, Rest
+from .spec import SPEC_PATH, SpecViolation, load_spec
+from .state import (
+    APPLICATION_COMMAND,
+    DM,
+    EVERYONE_PERMISSIONS,
+    MESSAGE_COMPONENT,
+    CommandSync,
+    Message,
+    User,
+    VisibleMessage,
+    World,
+)
+
+DEFAULT_TOKEN = "MTIzNDU2Nzg5MDEyMzQ1Njc4.fake.local-bot-token-for-tests"
+GUILD_MESSAGES = 1 << 9
+DIRECT_MESSAGES = 1 << 12
+
+
+class FakeDiscord:
+    """One application with its bot user, in one guild with one text channel "general",
+    with a few people (``user_names``) who can run the bot's commands.
+
+    ``privileged_intents`` are the privileged gateway intents the application has enabled
+    (an IDENTIFY asking for others is closed with 4014). ``commands`` are global commands
+    already registered, as if by an earlier deploy. ``spec_path=None`` turns the OpenAPI
+    check off; it is off anyway when the description is absent (:attr:`spec_checked`).
+    ``wait_timeout`` bounds every wait a test does on the fake.
+    """
+
+    def __init__(
+        self,
+        *,
+        token: str = DEFAULT_TOKEN,
+        application_name: str = "Ask",
+        bot_username: str = "ask-bot",
+        user_names: Sequence[str] = ("alice", "bob"),
+        privileged_intents: int = 0,
+        bot_permissions: int = EVERYONE_PERMISSIONS,
+        limits: RateLimits | None = None,
+        clock: Clock | None = None,
+        spec_path: Path | None = SPEC_PATH,
+        heartbeat_interval_ms: int = 41_250,
+        commands: Sequence[dict[str, object]] = (),
+        wait_timeout: float = 10.0,
+    ) -> None:
+        self.token = token
+        self.clock = clock or Clock()
+        self.limits = limits or RateLimits()
+        self.world = World(
+            self.clock,
+            application_name=application_name,
+            bot_username=bot_username,
+            user_names=user_names,
+            bot_permissions=bot_permissions,
+        )
+        self.world.changes.timeout = wait_timeout
+        self.spec = load_spec(spec_path) if spec_path is not None else None
+        self.gateway = Gateway(
+            self.world,
+            token=token,
+            enabled_intents=privileged_intents,
+            heartbeat_interval_ms=heartbeat_interval_ms,
+            on_change=self.world.changes.notify,
+        )
+        self.rest = Rest(
+            self.world,
+            token=token,
+            limits=self.limits,
+            limiter=RateLimiter(self.clock),
+            spec=self.spec,
+            gateway_url=lambda: self.gateway_url.rstrip("/"),
+            application_flags=lambda: self.gateway.application_flags,
+            identify_count=lambda: len(self.gateway.identifies),
+        )
+        self.world.on_message_event = self._publish_message
+        if commands:
+            rules.check_commands(list(commands))
+            self.world.commands[None] = [
+                command_payload(
+                    self.world,
+                    dict(command),
+                    command_id=self.world.snowflakes.next(),
+                    version=self.world.snowflakes.next(),
+                    guild_id=None,
+                )
+                for command in commands
+            ]
+        self._runner: web.AppRunner | None = None
+        self._port = 0
+
+    # Lifecycle
+
+    async def start(self) -> None:
+        """Listen on an ephemeral port of 127.0.0.1."""
+        app = web.Application()
+        app.router.add_get("/", self.gateway.handle)
+        app.router.add_route("*", API_PREFIX + "/{tail:.*}", self.rest.handle)
+        app.router.add_get("/attachments/{channel_id}/{attachment_id}/{filename}", self._file)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        self._runner = runner
+        self._port = int(runner.addresses[0][1])
+        self.gateway.resume_url = self.gateway_url
+        self.world.cdn_base = self.http_url
+
+    async def aclose(self) -> None:
+        await self.gateway.aclose()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self._port}"
+
+    @property
+    def api_url(self) -> str:
+        """What discord.py's ``Route.BASE`` must be."""
+        return self.http_url + API_PREFIX
+
+    @property
+    def gateway_url(self) -> str:
+        """What discord.py's ``DiscordWebSocket.DEFAULT_GATEWAY`` must be."""
+        return f"ws://127.0.0.1:{self._port}/"
+
+    def env(self) -> dict[str, str]:
+        """Environment for ``python -m tests.fakes.launch`` to run the bot against this fake."""
+        return {"FAKE_DISCORD_URL": self.api_url, "FAKE_DISCORD_GATEWAY": self.gateway_url}
+
+    # Who and where
+
+    @property
+    def application_id(self) -> int:
+        return self.world.application_id
+
+    @property
+    def bot_user_id(self) -> int:
+        return self.world.bot.id
+
+    @property
+    def guild_id(self) -> int:
+        return self.world.guild_id
+
+    @property
+    def channel_id(self) -> int:
+        """The guild's one text channel."""
+        return self.world.channel_id
+
+    @property
+    def user(self) -> User:
+        """The person who runs commands unless a test names another."""
+        return self.world.user
+
+    @property
+    def users(self) -> list[User]:
+        return list(self.world.users)
+
+    def dm_channel_id(self, user: User | None = None) -> int:
+        return self.world.dm_channel(user or self.user).id
+
+    # What a person does
+
+    def dispatch_interaction(
+        self,
+        command: str,
+        options: Mapping[str, OptionValue] | None = None,
+        *,
+        user: User | None = None,
+        dm: bool = False,
+    ) -> InteractionHandle:
+        """``user`` runs ``/command`` in the guild's channel (or in their DM with the bot).
+
+        The command must be registered where it is used, as on Discord.
+        """
+        world = self.world
+        person = user or world.user
+        channel = world.dm_channel(person) if dm else world.channels[world.channel_id]
+        data = command_data(world, channel, command, options or {})
+        interaction = world.new_interaction(
+            type=APPLICATION_COMMAND, channel=channel, user=person, command_name=command
+        )
+        return self._dispatch(interaction.id, data)
+
+    def press_button(
+        self, message_id: int, custom_id: str, *, user: User | None = None
+    ) -> InteractionHandle:
+        """``user`` presses the button ``custom_id`` on a message they can see."""
+        world = self.world
+        person = user or world.user
+        data = component_data(world, message_id, custom_id, person)
+        message = world.messages[message_id]
+        interaction = world.new_interaction(
+            type=MESSAGE_COMPONENT,
+            channel=world.channels[message.channel_id],
+            user=person,
+            custom_id=custom_id,
+            source_message_id=message_id,
+        )
+        return self._dispatch(interaction.id, data)
+
+    def _dispatch(self, interaction_id: int, data: dict[str, object]) -> InteractionHandle:
+        world = self.world
+        interaction = world.interactions[interaction_id]
+        interaction.payload = interaction_payload(world, interaction, data)
+        self.gateway.dispatch(
+            "INTERACTION_CREATE", interaction.payload, guild_id=interaction.guild_id
+        )
+        world.changes.notify()
+        return InteractionHandle(world, interaction)
+
+    def reconnect(self) -> None:
+        """Send op 7 RECONNECT: the client must reconnect and RESUME its session."""
+        self.gateway.reconnect()
+
+    # What happened
+
+    @property
+    def calls(self) -> list[Call]:
+        """Every HTTP request so far, in arrival order."""
+        return self.rest.calls
+
+    @property
+    def rate_limited(self) -> int:
+        """How many requests were answered 429."""
+        return sum(1 for call in self.rest.calls if call.status == 429)
+
+    @property
+    def spec_checked(self) -> bool:
+        """Whether bodies are being checked against the OpenAPI description."""
+        return self.spec is not None
+
+    @property
+    def spec_violations(self) -> list[SpecViolation]:
+        """Request bodies that broke the OpenAPI description."""
+        return self.rest.spec_violations
+
+    @property
+    def internal_errors(self) -> list[str]:
+        """Exceptions inside the fake's handlers (answered 500); empty unless the fake has a bug."""
+        return self.rest.internal_errors
+
+    @property
+    def response_violations(self) -> list[SpecViolation]:
+        """The fake's own success bodies that broke the description (a bug in the fake)."""
+        return self.rest.response_violations
+
+    def commands(self, guild_id: int | None = None) -> list[dict[str, object]]:
+        """Registered commands, global unless ``guild_id`` is given."""
+        return list(self.world.commands.get(guild_id, []))
+
+    @property
+    def command_syncs(self) -> list[CommandSync]:
+        return self.world.command_syncs
+
+    def transcript(
+        self, channel_id: int | None = None, *, viewer: User | None = None
+    ) -> list[VisibleMessage]:
+        """The channel (default: "general") as it reads now; see :meth:`World.transcript`."""
+        return self.world.transcript(
+            channel_id or self.channel_id, viewer=viewer.id if viewer else None
+        )
+
+    # Waiting without sleeping
+
+    async def wait_for(self, predicate: Callable[[], bool]) -> None:
+        """Return once ``predicate()`` holds, re-checked after every change in the fake.
+
+        Gives up with ``TimeoutError`` after ``wait_timeout`` seconds (a constructor
+        argument), naming the last requests.
+        """
+        await self.world.changes.wait_for(predicate, self._describe)
+
+    async def ready(self) -> None:
+        """Return once a client has identified and been sent READY."""
+        await self.wait_for(lambda: self.gateway.readies_sent > 0)
+
+    def _describe(self) -> str:
+        recent = ", ".join(f"{c.method} {c.route} -> {c.status}" for c in self.calls[-5:])
+        return f"last requests: {recent or 'none'}"
+
+    # Plumbing
+
+    def _publish_message(self, event: str, message: Message) -> None:
+        world = self.world
+        channel = world.channels[message.channel_id]
+        if event == "MESSAGE_DELETE":
+            data: dict[str, object] = {"id": str(message.id), "channel_id": str(channel.id)}
+            if channel.guild_id is not None:
+                data["guild_id"] = str(channel.guild_id)
+        else:
+            data = message_payload(world, message, gateway=True)
+        intent = DIRECT_MESSAGES if channel.type == DM else GUILD_MESSAGES
+        self.gateway.dispatch(event, data, intent=intent, guild_id=channel.guild_id)
+
+    async def _file(self, request: web.Request) -> web.Response:
+        attachment_id = int(request.match_info["attachment_id"])
+        for message in self.world.messages.values():
+            for attachment in message.attachments:
+                if attachment.id == attachment_id and not message.deleted:
+                    kind = attachment.content_type or "application/octet-stream"
+                    return web.Response(body=attachment.data, headers={"Content-Type": kind})
+        raise web.HTTPNotFound()

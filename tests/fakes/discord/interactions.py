@@ -1,0 +1,206 @@
+"""What a person can do to the bot: run a registered command or press a button.
+
+Discord's own client only lets people do what the registered commands and the rendered
+components allow, so these helpers refuse the impossible (unknown command, missing
+required option, a button that is not on the message) with an exception in the test,
+rather than sending the bot something Discord never would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from .errors import JsonObject
+from .state import (
+    DM,
+    Channel,
+    Interaction,
+    User,
+    VisibleMessage,
+    World,
+)
+
+OptionValue = str | int | float | bool
+
+_STRING, _INTEGER, _BOOLEAN, _NUMBER = 3, 4, 5, 10
+_BUTTON = 2
+_LINK_STYLE = 5
+
+
+def command_data(
+    world: World, channel: Channel, name: str, options: Mapping[str, OptionValue]
+) -> JsonObject:
+    """The ``data`` of an APPLICATION_COMMAND interaction for ``/name`` with ``options``.
+
+    Raises ``LookupError`` when no such command is registered where ``channel`` is, and
+    ``ValueError`` for options Discord's client would not let a person submit.
+    """
+    command, guild_id = _find_command(world, channel, name)
+    declared = {option["name"]: option for option in command.get("options") or []}
+    unknown = set(options) - set(declared)
+    if unknown:
+        raise ValueError(f"/{name} has no option(s) {sorted(unknown)}")
+    sent = []
+    for option_name, option in declared.items():
+        if option_name not in options:
+            if option.get("required"):
+                raise ValueError(f"/{name} needs its required option {option_name!r}")
+            continue
+        value = options[option_name]
+        _check_value(name, option, value)
+        sent.append({"name": option_name, "type": option["type"], "value": value})
+    data: JsonObject = {"id": command["id"], "name": name, "type": 1}
+    if sent:
+        data["options"] = sent
+    if guild_id is not None:
+        data["guild_id"] = str(guild_id)
+    return data
+
+
+def _find_command(world: World, channel: Channel, name: str) -> tuple[JsonObject, int | None]:
+    scopes: list[int | None] = [None]
+    if channel.guild_id is not None:
+        scopes.insert(0, channel.guild_id)
+    for scope in scopes:
+        for command in world.commands.get(scope, []):
+            if command["name"] != name or command["type"] != 1:
+                continue
+            contexts = command.get("contexts")
+            context = 1 if channel.type == DM else 0
+            if contexts is not None and context not in contexts:
+                continue
+            if contexts is None and context == 1 and not command.get("dm_permission", True):
+                continue
+            return command, scope
+    where = "in DMs" if channel.type == DM else "in the guild"
+    raise LookupError(f"no command /{name} is registered for use {where}")
+
+
+def _check_value(command: str, option: JsonObject, value: Any) -> None:
+    kind = option["type"]
+    label = f"/{command} {option['name']}"
+    if kind == _STRING:
+        if not isinstance(value, str):
+            raise ValueError(f"{label} takes text")
+        low = option.get("min_length", 0)
+        high = option.get("max_length", 6000)
+        if not low <= len(value) <= high:
+            raise ValueError(f"{label} must be {low}..{high} characters, not {len(value)}")
+    elif kind == _INTEGER:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValueError(f"{label} takes a whole number")
+    elif kind == _NUMBER:
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            raise ValueError(f"{label} takes a number")
+    elif kind == _BOOLEAN:
+        if not isinstance(value, bool):
+            raise ValueError(f"{label} takes true or false")
+    else:
+        raise NotImplementedError(f"{label}: option type {kind} is not simulated")
+    if kind in (_INTEGER, _NUMBER):
+        number = float(value)
+        if "min_value" in option and number < option["min_value"]:
+            raise ValueError(f"{label} must be at least {option['min_value']}")
+        if "max_value" in option and number > option["max_value"]:
+            raise ValueError(f"{label} must be at most {option['max_value']}")
+    choices = option.get("choices")
+    if choices and value not in [choice["value"] for choice in choices]:
+        raise ValueError(f"{label} must be one of its choices")
+
+
+def component_data(world: World, message_id: int, custom_id: str, user: User) -> JsonObject:
+    """The ``data`` of a button press; ``LookupError`` unless the user can press it."""
+    message = world.messages.get(message_id)
+    if message is None or message.deleted:
+        raise LookupError(f"message {message_id} does not exist")
+    if message.visible_to not in (None, user.id):
+        raise LookupError(f"{user.username} cannot see message {message_id}")
+    if message.loading:
+        raise LookupError(f"message {message_id} is still loading")
+    for row in message.components:
+        for component in row.get("components") or []:
+            if component.get("custom_id") != custom_id:
+                continue
+            if component.get("type") != _BUTTON or component.get("style") == _LINK_STYLE:
+                raise NotImplementedError("only non-link buttons are simulated")
+            if component.get("disabled"):
+                raise LookupError(f"button {custom_id!r} is disabled")
+            return {"custom_id": custom_id, "component_type": _BUTTON}
+    raise LookupError(f"message {message_id} has no button {custom_id!r}")
+
+
+class InteractionHandle:
+    """A test's view of one interaction: await its acknowledgement and answer, read its messages.
+
+    The waits return as soon as the fake's state satisfies them; the fake's
+    ``wait_timeout`` only stops a test that would otherwise hang.
+    """
+
+    def __init__(self, world: World, interaction: Interaction) -> None:
+        self._world = world
+        self._changes = world.changes
+        self._interaction = interaction
+
+    @property
+    def id(self) -> int:
+        return self._interaction.id
+
+    @property
+    def token(self) -> str:
+        return self._interaction.token
+
+    @property
+    def payload(self) -> JsonObject:
+        """The INTERACTION_CREATE data exactly as dispatched."""
+        return self._interaction.payload
+
+    @property
+    def interaction(self) -> Interaction:
+        return self._interaction
+
+    @property
+    def callback_type(self) -> int | None:
+        """The interaction response type the bot acknowledged with, if it has."""
+        return self._interaction.callback_type
+
+    async def acknowledged(self) -> int:
+        """Wait for the bot's (accepted) interaction callback; returns its type."""
+        await self._changes.wait_for(
+            lambda: self._interaction.callback_type is not None,
+            lambda: f"interaction {self.id} was never acknowledged",
+        )
+        assert self._interaction.callback_type is not None
+        return self._interaction.callback_type
+
+    async def answered(self) -> VisibleMessage | None:
+        """Wait until the person sees an answer rather than "thinking…".
+
+        Returns the original response (``None`` when a deferred button update was answered
+        by editing the button's message).
+        """
+        await self._changes.wait_for(
+            self._is_answered, lambda: f"interaction {self.id} was never answered"
+        )
+        return self.original()
+
+    def _is_answered(self) -> bool:
+        interaction = self._interaction
+        kind = interaction.callback_type
+        if kind is None:
+            return False
+        if kind == 6:
+            return interaction.edits > 0 or bool(interaction.message_ids)
+        original = self._world.messages.get(interaction.original_id or 0)
+        return original is None or original.deleted or not original.loading
+
+    def original(self) -> VisibleMessage | None:
+        """The @original message as it stands now (``None`` if absent or deleted)."""
+        message = self._world.messages.get(self._interaction.original_id or 0)
+        if message is None or message.deleted:
+            return None
+        return self._world.visible(message)
+
+    def messages(self) -> list[VisibleMessage]:
+        """This interaction's messages still standing: the original first, then followups."""
+        return self._world.interaction_messages(self._interaction)

@@ -1,0 +1,762 @@
+"""The HTTP API under ``/api/v10``: the routes a bot built on discord.py uses.
+
+Every request passes the same checks, in Discord's order: route and method, the
+``Authorization: Bot <token>`` header on bot routes (interaction and webhook routes take
+none), the global limit, the route's rate-limit bucket, the body (JSON, or multipart with
+``payload_json`` and ``files[n]``), then the route's own rules. Each body is also checked
+against the OpenAPI description when it is present; a mismatch is recorded, never refused,
+because the live service is the authority on what it accepts.
+
+Every response carries ``Via: 1.1 google`` (discord.py retries a 429 only when it sees
+one) and, when it has a body, ``Content-Type: application/json`` exactly (discord.py
+parses JSON only on that exact value). Interaction followups always answer with the
+message, as Discord does for interaction tokens whatever ``wait`` says.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import BodyPartReader, web
+
+from . import errors, rules
+from .errors import DiscordError, JsonObject
+from .payloads import (
+    application_payload,
+    command_payload,
+    current_user_payload,
+    message_payload,
+)
+from .ratelimit import Limit, RateLimiter, RateLimits, Verdict
+from .spec import OpenApiSpec, SpecViolation
+from .state import (
+    ATTACHMENT_SIZE_LIMIT,
+    CALLBACK_WINDOW,
+    GUILD_TEXT,
+    MAX_FILES,
+    MESSAGE_COMPONENT,
+    READ_MESSAGE_HISTORY,
+    SEND_MESSAGES,
+    TOKEN_LIFETIME,
+    VIEW_CHANNEL,
+    Attachment,
+    Channel,
+    CommandSync,
+    Interaction,
+    Message,
+    World,
+)
+
+log = logging.getLogger(__name__)
+
+API_PREFIX = "/api/v10"
+MANAGE_MESSAGES = 1 << 13
+
+# Interaction callback types. PONG (1) answers only PING interactions, which arrive over
+# HTTP, never the gateway; autocomplete results (8) answer autocomplete interactions, which
+# the fake does not send.
+CHANNEL_MESSAGE, DEFERRED_CHANNEL_MESSAGE = 4, 5
+DEFERRED_UPDATE_MESSAGE, UPDATE_MESSAGE = 6, 7
+MODAL, LAUNCH_ACTIVITY = 9, 12
+_CALLBACKS_FOR = {
+    2: {CHANNEL_MESSAGE, DEFERRED_CHANNEL_MESSAGE, MODAL, LAUNCH_ACTIVITY},
+    3: {
+        CHANNEL_MESSAGE,
+        DEFERRED_CHANNEL_MESSAGE,
+        DEFERRED_UPDATE_MESSAGE,
+        UPDATE_MESSAGE,
+        MODAL,
+        LAUNCH_ACTIVITY,
+    },
+}
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request as the fake saw and answered it.
+
+    ``since_dispatch`` is the time from the INTERACTION_CREATE of the interaction the
+    route names (by id or token) to this request, on the fake's clock.
+    """
+
+    method: str
+    route: str
+    path: str
+    query: dict[str, str]
+    body: Any
+    files: tuple[str, ...]
+    status: int
+    response: Any
+    since_dispatch: float | None
+    interaction_id: int | None
+
+
+@dataclass
+class Incoming:
+    method: str
+    route: str
+    params: dict[str, str]
+    query: dict[str, str]
+    body: Any
+    files: list[Attachment]
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int
+    body: Any = None
+
+
+Handler = Callable[[Incoming], Reply]
+
+
+@dataclass(frozen=True)
+class _Route:
+    method: str
+    template: str
+    handler: Handler
+    bot_auth: bool
+    bucket: str
+    limit: Callable[[RateLimits], Limit]
+    major: tuple[str, ...]
+    pattern: re.Pattern[str] = field(compare=False)
+
+
+def _compile(template: str) -> re.Pattern[str]:
+    parts = re.split(r"(\{[a-z_]+\})", template)
+    regex = "".join(
+        f"(?P<{part[1:-1]}>[^/]+)" if part.startswith("{") else re.escape(part) for part in parts
+    )
+    return re.compile(f"^{regex}$")
+
+
+def _headers_for(body: Any) -> dict[str, str]:
+    return {"Content-Type": "application/json"} if body is not None else {}
+
+
+class Rest:
+    """Routes, checks and records HTTP requests against one :class:`World`."""
+
+    def __init__(
+        self,
+        world: World,
+        *,
+        token: str,
+        limits: RateLimits,
+        limiter: RateLimiter,
+        spec: OpenApiSpec | None,
+        gateway_url: Callable[[], str],
+        application_flags: Callable[[], int],
+        identify_count: Callable[[], int],
+    ) -> None:
+        self._world = world
+        self._token = token
+        self._limits = limits
+        self._limiter = limiter
+        self._spec = spec
+        self._gateway_url = gateway_url
+        self._application_flags = application_flags
+        self._identify_count = identify_count
+        self.calls: list[Call] = []
+        self.spec_violations: list[SpecViolation] = []
+        self.response_violations: list[SpecViolation] = []
+        self.internal_errors: list[str] = []
+        self._routes = self._build_routes()
+
+    # Routing
+
+    def _build_routes(self) -> list[_Route]:
+        def route(
+            method: str,
+            template: str,
+            handler: Handler,
+            *,
+            bot_auth: bool = True,
+            bucket: str | None = None,
+            limit: Callable[[RateLimits], Limit] = lambda limits: limits.default,
+            major: tuple[str, ...] = (),
+        ) -> _Route:
+            return _Route(
+                method,
+                template,
+                handler,
+                bot_auth,
+                bucket or f"{method} {template}",
+                limit,
+                major,
+                _compile(template),
+            )
+
+        def webhook(method: str, template: str, handler: Handler) -> _Route:
+            return route(
+                method,
+                template,
+                handler,
+                bot_auth=False,
+                bucket="interaction webhook",
+                limit=lambda limits: limits.interaction_webhook,
+                major=("webhook_id", "webhook_token"),
+            )
+
+        def channel(method: str, template: str, handler: Handler) -> _Route:
+            return route(
+                method,
+                template,
+                handler,
+                limit=lambda limits: limits.channel_messages,
+                major=("channel_id",),
+            )
+
+        def commands(method: str, template: str, handler: Handler) -> _Route:
+            major = ("application_id", "guild_id") if "{guild_id}" in template else ()
+            return route(
+                method,
+                template,
+                handler,
+                bucket=f"{method} commands",
+                limit=lambda limits: limits.application_commands,
+                major=major or ("application_id",),
+            )
+
+        original = "/webhooks/{webhook_id}/{webhook_token}/messages/@original"
+        by_id = "/webhooks/{webhook_id}/{webhook_token}/messages/{message_id}"
+        global_scope = "/applications/{application_id}/commands"
+        guild_scope = "/applications/{application_id}/guilds/{guild_id}/commands"
+        messages = "/channels/{channel_id}/messages"
+        message = "/channels/{channel_id}/messages/{message_id}"
+        return [
+            route("GET", "/users/@me", self._current_user),
+            route("GET", "/oauth2/applications/@me", self._application),
+            route("GET", "/gateway", self._gateway, bot_auth=False),
+            route("GET", "/gateway/bot", self._gateway_bot),
+            commands("GET", global_scope, self._get_commands),
+            commands("PUT", global_scope, self._put_commands),
+            commands("GET", guild_scope, self._get_commands),
+            commands("PUT", guild_scope, self._put_commands),
+            route(
+                "POST",
+                "/interactions/{interaction_id}/{interaction_token}/callback",
+                self._callback,
+                bot_auth=False,
+                bucket="interaction callback",
+                limit=lambda limits: limits.interaction_callback,
+                major=("interaction_id",),
+            ),
+            webhook("POST", "/webhooks/{webhook_id}/{webhook_token}", self._followup),
+            webhook("GET", original, self._get_webhook_message),
+            webhook("PATCH", original, self._edit_webhook_message),
+            webhook("DELETE", original, self._delete_webhook_message),
+            webhook("GET", by_id, self._get_webhook_message),
+            webhook("PATCH", by_id, self._edit_webhook_message),
+            webhook("DELETE", by_id, self._delete_webhook_message),
+            channel("POST", messages, self._create_channel_message),
+            route("GET", message, self._get_channel_message),
+            channel("PATCH", message, self._edit_channel_message),
+            channel("DELETE", message, self._delete_channel_message),
+        ]
+
+    def _match(self, method: str, path: str) -> tuple[_Route, dict[str, str]]:
+        path_matched = False
+        for candidate in self._routes:
+            found = candidate.pattern.match(path)
+            if found is None:
+                continue
+            path_matched = True
+            if candidate.method == method:
+                return candidate, found.groupdict()
+        raise errors.method_not_allowed() if path_matched else errors.not_found()
+
+    # The request pipeline
+
+    async def handle(self, request: web.Request) -> web.Response:
+        """Answer one HTTP request under ``/api/v10``."""
+        path = request.path[len(API_PREFIX) :] or "/"
+        query = dict(request.query)
+        route: _Route | None = None
+        params: dict[str, str] = {}
+        headers: dict[str, str] = {}
+        body: Any = None
+        files: list[Attachment] = []
+        try:
+            route, params = self._match(request.method, path)
+            if route.bot_auth and request.headers.get("Authorization") != f"Bot {self._token}":
+                raise errors.unauthorized()
+            if route.bot_auth:
+                verdict = self._limiter.take_global(self._token, self._limits.global_per_second)
+                if not verdict.allowed:
+                    return self._too_many(request, route, path, params, query, verdict)
+            key = "+".join(params[name] for name in route.major) or route.template
+            verdict = self._limiter.take(route.bucket, key, route.limit(self._limits))
+            headers = verdict.headers()
+            if not verdict.allowed:
+                return self._too_many(request, route, path, params, query, verdict)
+            body, files = await _read_body(request)
+            self._check_spec(route, body)
+            incoming = Incoming(route.method, route.template, params, query, body, files)
+            reply = route.handler(incoming)
+            status, response = reply.status, reply.body
+        except DiscordError as error:
+            status, response = error.status, error.body()
+        except Exception as error:
+            # A bug in the fake, not a Discord rule: answer as Discord's servers would when
+            # failing, and keep the error so the test can show it.
+            log.exception("fake Discord failed on %s %s", request.method, path)
+            self.internal_errors.append(f"{request.method} {path}: {error!r}")
+            status, response = 500, {"message": "500: Internal Server Error", "code": 0}
+        return self._respond(
+            request, route, path, params, query, body, files, status, response, headers
+        )
+
+    def _too_many(
+        self,
+        request: web.Request,
+        route: _Route,
+        path: str,
+        params: dict[str, str],
+        query: dict[str, str],
+        verdict: Verdict,
+    ) -> web.Response:
+        """Discord's 429: the request is not processed, its body not even read."""
+        response = {
+            "message": "You are being rate limited.",
+            "retry_after": round(verdict.reset_after, 3),
+            "global": verdict.is_global,
+        }
+        return self._respond(
+            request, route, path, params, query, None, [], 429, response, verdict.headers()
+        )
+
+    def _respond(
+        self,
+        request: web.Request,
+        route: _Route | None,
+        path: str,
+        params: dict[str, str],
+        query: dict[str, str],
+        body: Any,
+        files: list[Attachment],
+        status: int,
+        response: Any,
+        headers: dict[str, str],
+    ) -> web.Response:
+        interaction = self._interaction_named(params)
+        world = self._world
+        self.calls.append(
+            Call(
+                method=request.method,
+                route=route.template if route else path,
+                path=path,
+                query=query,
+                body=body,
+                files=tuple(f.filename for f in files),
+                status=status,
+                response=response,
+                since_dispatch=world.since_dispatch(interaction) if interaction else None,
+                interaction_id=interaction.id if interaction else None,
+            )
+        )
+        if route is not None and 200 <= status < 300 and response is not None:
+            self._check_response(route, status, response)
+        world.changes.notify()
+        all_headers = {"Via": "1.1 google", **headers, **_headers_for(response)}
+        if response is None:
+            return web.Response(status=status, headers=all_headers)
+        return web.Response(status=status, body=json.dumps(response).encode(), headers=all_headers)
+
+    def _interaction_named(self, params: dict[str, str]) -> Interaction | None:
+        if "interaction_id" in params:
+            return self._world.interactions.get(_snowflake_or_zero(params["interaction_id"]))
+        if "webhook_token" in params:
+            return self._world.interaction_by_token(params["webhook_token"])
+        return None
+
+    def _check_spec(self, route: _Route, body: Any) -> None:
+        if self._spec is None or body is None or not self._spec.knows(route.method, route.template):
+            return
+        self.spec_violations.extend(
+            self._spec.request_violations(route.method, route.template, body)
+        )
+
+    def _check_response(self, route: _Route, status: int, response: Any) -> None:
+        if self._spec is None or not self._spec.knows(route.method, route.template):
+            return
+        resource = response.get("resource") if isinstance(response, dict) else None
+        if isinstance(resource, dict) and resource.get("type") not in (
+            CHANNEL_MESSAGE,
+            UPDATE_MESSAGE,
+        ):
+            # The description allows only types 4 and 7 here; the live API also answers a
+            # deferred callback with its type (5) and the loading message.
+            return
+        self.response_violations.extend(
+            self._spec.response_violations(route.method, route.template, status, response)
+        )
+
+    # Identity and gateway discovery
+
+    def _current_user(self, incoming: Incoming) -> Reply:
+        return Reply(200, current_user_payload(self._world.bot))
+
+    def _application(self, incoming: Incoming) -> Reply:
+        return Reply(200, application_payload(self._world, self._application_flags()))
+
+    def _gateway(self, incoming: Incoming) -> Reply:
+        return Reply(200, {"url": self._gateway_url()})
+
+    def _gateway_bot(self, incoming: Incoming) -> Reply:
+        total = 1000
+        return Reply(
+            200,
+            {
+                "url": self._gateway_url(),
+                "shards": 1,
+                "session_start_limit": {
+                    "total": total,
+                    "remaining": max(0, total - self._identify_count()),
+                    "reset_after": 86_400_000,
+                    "max_concurrency": 1,
+                },
+            },
+        )
+
+    # Application commands
+
+    def _command_scope(self, params: dict[str, str]) -> int | None:
+        world = self._world
+        if params["application_id"] != str(world.application_id):
+            raise errors.missing_access()
+        if "guild_id" not in params:
+            return None
+        if params["guild_id"] != str(world.guild_id):
+            raise errors.missing_access()
+        return world.guild_id
+
+    def _get_commands(self, incoming: Incoming) -> Reply:
+        scope = self._command_scope(incoming.params)
+        return Reply(200, list(self._world.commands.get(scope, [])))
+
+    def _put_commands(self, incoming: Incoming) -> Reply:
+        scope = self._command_scope(incoming.params)
+        world = self._world
+        rules.check_commands(incoming.body)
+        previous = {(c["type"], c["name"]): c for c in world.commands.get(scope, [])}
+        stored = []
+        for command in incoming.body:
+            kind = int(command.get("type") or 1)
+            before = previous.get((kind, command["name"]))
+            command_id = int(before["id"]) if before else world.snowflakes.next()
+            payload = command_payload(
+                world, command, command_id=command_id, version=0, guild_id=scope
+            )
+            if before is not None and {**before, "version": "0"} == payload:
+                payload["version"] = before["version"]  # unchanged commands keep their version
+            else:
+                payload["version"] = str(world.snowflakes.next())
+            stored.append(payload)
+        world.commands[scope] = stored
+        world.command_syncs.append(CommandSync(scope, tuple(c["name"] for c in stored)))
+        return Reply(200, stored)
+
+    # Interaction callbacks
+
+    def _callback(self, incoming: Incoming) -> Reply:
+        world = self._world
+        interaction = world.interactions.get(_snowflake_or_zero(incoming.params["interaction_id"]))
+        if interaction is None or interaction.token != incoming.params["interaction_token"]:
+            raise errors.unknown_interaction()
+        if interaction.callback_type is not None:
+            raise errors.already_acknowledged()
+        if world.since_dispatch(interaction) > CALLBACK_WINDOW:
+            raise errors.unknown_interaction()
+        with_response = _flag(incoming.query, "with_response")
+        body = _object(incoming.body)
+        kind = body.get("type")
+        data = body.get("data")
+        if data is not None and not isinstance(data, dict):
+            raise errors.invalid_form(
+                ["data"], "MODEL_TYPE_CONVERT", "Only dictionaries may be used in a ModelType"
+            )
+        data = data or {}
+        if kind not in _CALLBACKS_FOR.get(interaction.type, set()):
+            raise errors.invalid_form(
+                ["type"], "INTERACTION_RESPONSE_TYPE_INVALID", "Invalid interaction response type"
+            )
+        if kind in (MODAL, LAUNCH_ACTIVITY):
+            raise DiscordError(400, 0, f"interaction callback type {kind} is not simulated")
+        rules.check_message_fields(data)
+        message = self._respond_to(interaction, kind, data, incoming.files)
+        interaction.callback_type = kind
+        interaction.acknowledged_at = world.clock.monotonic()
+        if not with_response:
+            return Reply(204)
+        summary: JsonObject = {"id": str(interaction.id), "type": interaction.type}
+        result: JsonObject = {"interaction": summary}
+        if message is not None and kind != DEFERRED_UPDATE_MESSAGE:
+            summary["response_message_id"] = str(message.id)
+            summary["response_message_loading"] = message.loading
+            summary["response_message_ephemeral"] = message.ephemeral
+            result["resource"] = {"type": kind, "message": message_payload(world, message)}
+        return Reply(200, result)
+
+    def _respond_to(
+        self, interaction: Interaction, kind: int, data: JsonObject, files: list[Attachment]
+    ) -> Message | None:
+        world = self._world
+        if kind == CHANNEL_MESSAGE:
+            message = world.create_message(
+                interaction.channel_id,
+                world.bot,
+                data,
+                attachments=files,
+                type=world.response_type(interaction),
+                webhook_id=world.application_id,
+                interaction=interaction,
+                flags=rules.flags_of(data) & rules.SENDABLE_FLAGS,
+            )
+            interaction.original_id = message.id
+            interaction.message_ids.append(message.id)
+            return message
+        if kind == DEFERRED_CHANNEL_MESSAGE:
+            ephemeral = bool(rules.flags_of(data) & rules.EPHEMERAL)
+            message = world.create_loading_message(interaction, ephemeral=ephemeral)
+            interaction.original_id = message.id
+            interaction.message_ids.append(message.id)
+            return message
+        # DEFERRED_UPDATE_MESSAGE and UPDATE_MESSAGE act on the message with the component.
+        if interaction.type != MESSAGE_COMPONENT or interaction.source_message_id is None:
+            raise AssertionError("update callbacks are only accepted for components")
+        source = world.live_message(interaction.source_message_id)
+        interaction.original_id = source.id
+        if kind == UPDATE_MESSAGE:
+            world.edit_message(source, data, attachments=files)
+        return source
+
+    # Interaction webhooks (followups and @original)
+
+    def _webhook_interaction(self, params: dict[str, str]) -> Interaction:
+        world = self._world
+        if params["webhook_id"] != str(world.application_id):
+            raise errors.unknown_webhook()
+        interaction = world.interaction_by_token(params["webhook_token"])
+        if (
+            interaction is None
+            or interaction.callback_type is None
+            or world.since_dispatch(interaction) > TOKEN_LIFETIME
+        ):
+            raise errors.unknown_webhook()
+        return interaction
+
+    def _webhook_message(self, interaction: Interaction, params: dict[str, str]) -> Message:
+        reference = params.get("message_id", "@original")
+        if reference == "@original":
+            message_id = interaction.original_id
+        else:
+            message_id = _snowflake_or_zero(reference)
+            if message_id not in interaction.message_ids and message_id != interaction.original_id:
+                raise errors.unknown_message()
+        if message_id is None:
+            raise errors.unknown_message()
+        return self._world.live_message(message_id)
+
+    def _followup(self, incoming: Incoming) -> Reply:
+        world = self._world
+        interaction = self._webhook_interaction(incoming.params)
+        body = _object(incoming.body)
+        original = world.messages.get(interaction.original_id or 0)
+        if original is not None and original.loading and not original.deleted:
+            # The first followup after a defer is the answer: it fills the placeholder, and
+            # the defer decided whether it is ephemeral.
+            message = world.edit_message(original, body, attachments=incoming.files)
+            interaction.edits += 1
+        else:
+            message = world.create_message(
+                interaction.channel_id,
+                world.bot,
+                body,
+                attachments=incoming.files,
+                type=world.response_type(interaction),
+                webhook_id=world.application_id,
+                interaction=interaction,
+                flags=rules.flags_of(body) & rules.SENDABLE_FLAGS,
+            )
+            interaction.message_ids.append(message.id)
+        return Reply(200, message_payload(world, message))
+
+    def _get_webhook_message(self, incoming: Incoming) -> Reply:
+        interaction = self._webhook_interaction(incoming.params)
+        message = self._webhook_message(interaction, incoming.params)
+        return Reply(200, message_payload(self._world, message))
+
+    def _edit_webhook_message(self, incoming: Incoming) -> Reply:
+        interaction = self._webhook_interaction(incoming.params)
+        message = self._webhook_message(interaction, incoming.params)
+        self._world.edit_message(message, _object(incoming.body), attachments=incoming.files)
+        interaction.edits += 1
+        return Reply(200, message_payload(self._world, message))
+
+    def _delete_webhook_message(self, incoming: Incoming) -> Reply:
+        interaction = self._webhook_interaction(incoming.params)
+        message = self._webhook_message(interaction, incoming.params)
+        self._world.delete_message(message)
+        return Reply(204)
+
+    # Channel messages
+
+    def _bot_channel(self, params: dict[str, str], *, needs: int) -> Channel:
+        world = self._world
+        channel = world.channel(_snowflake_or_zero(params["channel_id"]))
+        if channel.type == GUILD_TEXT:
+            permissions = world.permissions_of(world.bot.id)
+            if not permissions & VIEW_CHANNEL:
+                raise errors.missing_access()
+            if permissions & needs != needs:
+                raise errors.missing_permissions()
+        return channel
+
+    def _create_channel_message(self, incoming: Incoming) -> Reply:
+        world = self._world
+        channel = self._bot_channel(incoming.params, needs=SEND_MESSAGES)
+        body = _object(incoming.body)
+        rules.check_message_fields(body)
+        nonce = body.get("nonce")
+        if body.get("enforce_nonce") and nonce is not None:
+            earlier = world.find_by_nonce(channel.id, world.bot, str(nonce))
+            if earlier is not None:
+                return Reply(200, message_payload(world, earlier))
+        kind = rules_reference(world, channel, body)
+        message = world.create_message(
+            channel.id,
+            world.bot,
+            body,
+            attachments=incoming.files,
+            type=kind,
+            flags=rules.flags_of(body) & (rules.SUPPRESS_EMBEDS | rules.SUPPRESS_NOTIFICATIONS),
+        )
+        return Reply(200, message_payload(world, message))
+
+    def _get_channel_message(self, incoming: Incoming) -> Reply:
+        channel = self._bot_channel(incoming.params, needs=READ_MESSAGE_HISTORY)
+        message = self._world.live_message(
+            _snowflake_or_zero(incoming.params["message_id"]), channel.id
+        )
+        if message.visible_to is not None:
+            raise errors.unknown_message()
+        return Reply(200, message_payload(self._world, message))
+
+    def _edit_channel_message(self, incoming: Incoming) -> Reply:
+        world = self._world
+        channel = self._bot_channel(incoming.params, needs=0)
+        message = world.live_message(_snowflake_or_zero(incoming.params["message_id"]), channel.id)
+        if message.visible_to is not None:
+            raise errors.unknown_message()
+        world.bot_edit_message(message)
+        world.edit_message(message, _object(incoming.body), attachments=incoming.files)
+        return Reply(200, message_payload(world, message))
+
+    def _delete_channel_message(self, incoming: Incoming) -> Reply:
+        world = self._world
+        channel = self._bot_channel(incoming.params, needs=0)
+        message = world.live_message(_snowflake_or_zero(incoming.params["message_id"]), channel.id)
+        if message.visible_to is not None:
+            raise errors.unknown_message()
+        if message.author.id != world.bot.id and not (
+            channel.type == GUILD_TEXT and world.permissions_of(world.bot.id) & MANAGE_MESSAGES
+        ):
+            raise errors.missing_permissions()
+        world.delete_message(message)
+        return Reply(204)
+
+
+def rules_reference(world: World, channel: Channel, body: JsonObject) -> int:
+    """The message type for a channel post: a reply if it references a message that exists."""
+    reference = body.get("message_reference")
+    if not reference:
+        return 0
+    target = world.messages.get(_snowflake_or_zero(reference.get("message_id")))
+    if target is not None and not target.deleted and target.channel_id == channel.id:
+        return 19
+    if reference.get("fail_if_not_exists", True):
+        raise errors.invalid_form(
+            ["message_reference"], "MESSAGE_REFERENCE_UNKNOWN_MESSAGE", "Unknown message"
+        )
+    body.pop("message_reference")
+    return 0
+
+
+def _object(body: Any) -> JsonObject:
+    if isinstance(body, dict):
+        return body
+    raise errors.invalid_form(
+        [], "MODEL_TYPE_CONVERT", "Only dictionaries may be used in a ModelType"
+    )
+
+
+def _flag(query: dict[str, str], name: str) -> bool:
+    value = query.get(name)
+    if value is None or value.lower() in ("false", "0"):
+        return False
+    if value.lower() in ("true", "1"):
+        return True
+    raise errors.invalid_form([name], "BASE_TYPE_BOOLEAN", "Must be either true or false.")
+
+
+def _snowflake_or_zero(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
+
+
+async def _read_body(request: web.Request) -> tuple[Any, list[Attachment]]:
+    """The JSON body, or a multipart body's ``payload_json`` and ``files[n]`` parts."""
+    if not request.body_exists:
+        return None, []
+    if request.content_type == "multipart/form-data":
+        return await _read_multipart(request)
+    raw = await request.read()
+    if not raw:
+        return None, []
+    try:
+        return json.loads(raw), []
+    except ValueError:
+        raise errors.invalid_json() from None
+
+
+async def _read_multipart(request: web.Request) -> tuple[Any, list[Attachment]]:
+    reader = await request.multipart()
+    body: Any = None
+    files: list[Attachment] = []
+    while (part := await reader.next()) is not None:
+        if not isinstance(part, BodyPartReader):
+            continue
+        name = part.name or ""
+        if name == "payload_json":
+            try:
+                body = json.loads(await part.text())
+            except ValueError:
+                raise errors.invalid_json() from None
+            continue
+        found = re.fullmatch(r"files\[(\d+)\]", name)
+        if found is None:
+            continue
+        data = bytes(await part.read(decode=False))
+        if len(data) > ATTACHMENT_SIZE_LIMIT:
+            raise errors.payload_too_large()
+        files.append(
+            Attachment(
+                id=int(found.group(1)),
+                filename=part.filename or "unknown",
+                data=data,
+                content_type=part.headers.get("Content-Type"),
+            )
+        )
+    if len(files) > MAX_FILES:
+        raise errors.invalid_form(
+            ["files"], "BASE_TYPE_MAX_LENGTH", f"Must be {MAX_FILES} or fewer in length."
+        )
+    return body, files

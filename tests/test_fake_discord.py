@@ -1,0 +1,705 @@
+"""The fake Discord behaves like Discord: a real discord.py client works against it, and the
+rules the bot must live with (limits, deadlines, acknowledgements, rate limits) are enforced
+with Discord's own errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+import discord
+import pytest
+from discord import app_commands
+
+from tests.fakes.discord import (
+    DEFAULT_TOKEN,
+    FakeDiscord,
+    Limit,
+    Mentions,
+    RateLimits,
+    spec_available,
+)
+from tests.fakes.discord.mentions import pings
+from tests.fakes.discord.plugin import running_fake
+
+ASK: dict[str, object] = {
+    "name": "ask",
+    "description": "Ask a question",
+    "type": 1,
+    "options": [{"name": "prompt", "description": "What to ask", "type": 3, "required": True}],
+}
+GUILD_MEMBERS = 1 << 1
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SYNC_FLUSH_TAIL = b"\x00\x00\xff\xff"
+T = TypeVar("T")
+
+
+class AskClient(discord.Client):
+    """A minimal bot: ``/ask`` defers, then answers in followups; ``/pick`` offers a button."""
+
+    def __init__(
+        self, *, intents: discord.Intents | None = None, answers: Sequence[str] = ("one", "two")
+    ) -> None:
+        super().__init__(
+            intents=intents or discord.Intents.default(),
+            allowed_mentions=discord.AllowedMentions.none(),
+            guild_ready_timeout=0.01,
+        )
+        self.tree = app_commands.CommandTree(self)
+        self.answers = list(answers)
+        self.followup_ids: list[int] = []
+        self.original_ids: list[int] = []
+        self.asked = asyncio.Event()
+
+        @self.tree.command(name="ask", description="Ask a question")
+        @app_commands.describe(prompt="What to ask")
+        async def ask(interaction: discord.Interaction, prompt: str) -> None:
+            await interaction.response.defer(thinking=True)
+            for answer in self.answers:
+                sent = await interaction.followup.send(f"{answer}: {prompt}", wait=True)
+                self.followup_ids.append(sent.id)
+            original = await interaction.original_response()
+            self.original_ids.append(original.id)
+            self.asked.set()
+
+        @self.tree.command(name="pick", description="Offer a button")
+        async def pick(interaction: discord.Interaction) -> None:
+            await interaction.response.send_message("pick one", view=_PickView())
+
+    async def setup_hook(self) -> None:
+        await self.tree.sync()
+
+
+class _PickView(discord.ui.View):
+    @discord.ui.button(label="Again", custom_id="again")
+    async def again(self, interaction: discord.Interaction, button: discord.ui.Button[Any]) -> None:
+        await interaction.response.edit_message(content="picked", view=None)
+
+
+@asynccontextmanager
+async def running(client: discord.Client, fake: FakeDiscord) -> AsyncIterator[discord.Client]:
+    """Run ``client`` against ``fake`` until the fake has sent it READY."""
+    task = asyncio.create_task(client.start(fake.token))
+    ready = asyncio.create_task(fake.ready())
+    done, _ = await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
+    if task in done:
+        ready.cancel()
+        await client.close()
+        task.result()
+        raise AssertionError("the client stopped before it was ready")
+    try:
+        yield client
+    finally:
+        await client.close()
+        await task
+    assert fake.internal_errors == []
+
+
+async def settled(awaitable: Awaitable[T]) -> T:
+    """Await something the client signals; the timeout only stops a hung test."""
+    async with asyncio.timeout(10):
+        return await awaitable
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def call(
+    http: aiohttp.ClientSession,
+    fake: FakeDiscord,
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    auth: bool = True,
+) -> tuple[int, Any, aiohttp.ClientResponse]:
+    """One raw request; returns status, parsed JSON (or raw text) and the response."""
+    headers = {"Authorization": f"Bot {fake.token}"} if auth else {}
+    data = None if body is None else json.dumps(body)
+    if data is not None:
+        headers["Content-Type"] = "application/json"
+    async with http.request(method, fake.api_url + path, data=data, headers=headers) as response:
+        text = await response.text()
+        parsed = json.loads(text) if response.content_type == "application/json" else text
+        return response.status, parsed, response
+
+
+async def gateway_frame(ws: aiohttp.ClientWebSocketResponse, inflate: Any) -> dict[str, Any]:
+    """The next gateway message, decompressed from the connection's zlib stream."""
+    message = await ws.receive()
+    assert message.type is aiohttp.WSMsgType.BINARY, message
+    assert message.data.endswith(SYNC_FLUSH_TAIL)
+    decoded: dict[str, Any] = json.loads(inflate.decompress(message.data))
+    return decoded
+
+
+def gateway_query(url: str) -> str:
+    return f"{url}?v=10&encoding=json&compress=zlib-stream"
+
+
+# The gateway
+
+
+async def test_real_client_identifies_over_zlib_stream_and_sees_the_guild() -> None:
+    async with running_fake() as fake:
+        client = AskClient()
+        async with running(client, fake):
+            await settled(client.wait_until_ready())
+            assert fake.gateway.connection_queries[0]["compress"] == "zlib-stream"
+            assert fake.gateway.identifies[0]["intents"] == discord.Intents.default().value
+            assert client.user is not None
+            assert client.user.id == fake.bot_user_id
+            assert client.application_id == fake.application_id
+            guild = client.get_guild(fake.guild_id)
+            assert guild is not None
+            assert [channel.name for channel in guild.text_channels] == ["general"]
+            assert guild.default_role.id == fake.guild_id
+            assert guild.me is not None
+
+
+async def test_bad_token_closes_the_gateway_with_4004(http: aiohttp.ClientSession) -> None:
+    async with running_fake() as fake:
+        inflate = zlib.decompressobj()
+        async with http.ws_connect(gateway_query(fake.gateway_url)) as ws:
+            hello = await gateway_frame(ws, inflate)
+            assert hello["op"] == 10
+            assert hello["d"]["heartbeat_interval"] > 0
+            await ws.send_json({"op": 1, "d": None})
+            assert (await gateway_frame(ws, inflate))["op"] == 11  # same zlib stream
+            identify = {"token": "not-the-token", "intents": 513, "properties": {}}
+            await ws.send_json({"op": 2, "d": identify})
+            closing = await ws.receive()
+            assert closing.type is aiohttp.WSMsgType.CLOSE
+            assert ws.close_code == 4004
+
+
+async def test_privileged_intent_not_enabled_closes_with_4014() -> None:
+    async with running_fake() as fake:
+        intents = discord.Intents.default()
+        intents.members = True
+        client = AskClient(intents=intents)
+        with pytest.raises(discord.PrivilegedIntentsRequired):
+            await settled(client.start(fake.token))
+        await client.close()
+        assert fake.gateway.server_close_codes == [4014]
+
+
+async def test_privileged_intent_enabled_for_the_application_connects() -> None:
+    async with running_fake(privileged_intents=GUILD_MEMBERS) as fake:
+        intents = discord.Intents.default()
+        intents.members = True
+        client = AskClient(intents=intents)
+        async with running(client, fake):
+            await settled(client.wait_until_ready())
+            guild = client.get_guild(fake.guild_id)
+            assert guild is not None
+            assert guild.get_member(fake.user.id) is not None
+
+
+async def test_reconnect_makes_the_client_resume_its_session() -> None:
+    async with running_fake() as fake:
+        client = AskClient()
+        async with running(client, fake):
+            fake.reconnect()
+            await fake.wait_for(lambda: fake.gateway.resumes == 1 and fake.gateway.connected == 1)
+            handle = fake.dispatch_interaction("ask", {"prompt": "still there?"})
+            await handle.answered()
+            assert len(fake.gateway.identifies) == 1
+            assert fake.gateway.client_close_codes == [4000]
+
+
+async def test_resume_replays_the_events_missed_while_away(http: aiohttp.ClientSession) -> None:
+    async with running_fake(commands=[ASK]) as fake:
+        inflate = zlib.decompressobj()
+        async with http.ws_connect(gateway_query(fake.gateway_url)) as ws:
+            await gateway_frame(ws, inflate)
+            identify = {"token": fake.token, "intents": 513, "properties": {}}
+            await ws.send_json({"op": 2, "d": identify})
+            ready = await gateway_frame(ws, inflate)
+            guild = await gateway_frame(ws, inflate)
+            assert (ready["t"], ready["s"], guild["t"], guild["s"]) == (
+                "READY",
+                1,
+                "GUILD_CREATE",
+                2,
+            )
+            await ws.close(code=4000)
+        await fake.wait_for(lambda: fake.gateway.connected == 0)
+        missed = fake.dispatch_interaction("ask", {"prompt": "while away"})
+
+        resume_url = ready["d"]["resume_gateway_url"]
+        assert resume_url == fake.gateway_url
+        inflate = zlib.decompressobj()
+        async with http.ws_connect(gateway_query(resume_url)) as ws:
+            await gateway_frame(ws, inflate)
+            resume = {"token": fake.token, "session_id": ready["d"]["session_id"], "seq": 2}
+            await ws.send_json({"op": 6, "d": resume})
+            replayed = await gateway_frame(ws, inflate)
+            resumed = await gateway_frame(ws, inflate)
+        assert (replayed["t"], replayed["s"]) == ("INTERACTION_CREATE", 3)
+        assert replayed["d"]["id"] == str(missed.id)
+        assert (resumed["t"], resumed["s"]) == ("RESUMED", 4)
+
+
+async def test_resume_of_an_unknown_session_is_invalid(http: aiohttp.ClientSession) -> None:
+    async with running_fake() as fake:
+        inflate = zlib.decompressobj()
+        async with http.ws_connect(gateway_query(fake.gateway_url)) as ws:
+            await gateway_frame(ws, inflate)
+            resume = {"token": fake.token, "session_id": "gone", "seq": 7}
+            await ws.send_json({"op": 6, "d": resume})
+            invalid = await gateway_frame(ws, inflate)
+        assert (invalid["op"], invalid["d"]) == (9, False)
+
+
+# Message rules
+
+
+@pytest.mark.parametrize(
+    "content",
+    ["x" * 2000, "\N{GRINNING FACE}" * 2000],
+    ids=["2000 ascii", "2000 astral code points"],
+)
+async def test_content_of_2000_code_points_is_accepted(
+    http: aiohttp.ClientSession, content: str
+) -> None:
+    async with running_fake() as fake:
+        status, body, _ = await call(
+            http, fake, "POST", f"/channels/{fake.channel_id}/messages", {"content": content}
+        )
+        assert status == 200
+        assert body["content"] == content
+        assert [m.content for m in fake.transcript()] == [content]
+
+
+async def test_content_over_2000_is_invalid_form_body(http: aiohttp.ClientSession) -> None:
+    async with running_fake() as fake:
+        status, body, _ = await call(
+            http, fake, "POST", f"/channels/{fake.channel_id}/messages", {"content": "x" * 2001}
+        )
+        assert status == 400
+        assert body == {
+            "code": 50035,
+            "message": "Invalid Form Body",
+            "errors": {
+                "content": {
+                    "_errors": [
+                        {
+                            "code": "BASE_TYPE_MAX_LENGTH",
+                            "message": "Must be 2000 or fewer in length.",
+                        }
+                    ]
+                }
+            },
+        }
+        assert fake.transcript() == []
+
+
+@pytest.mark.parametrize("payload", [{"content": ""}, {"content": " \n\t "}, {"tts": False}])
+async def test_empty_message_is_refused(
+    http: aiohttp.ClientSession, payload: dict[str, object]
+) -> None:
+    async with running_fake() as fake:
+        status, body, _ = await call(
+            http, fake, "POST", f"/channels/{fake.channel_id}/messages", payload
+        )
+        assert (status, body) == (400, {"code": 50006, "message": "Cannot send an empty message"})
+
+
+async def test_allowed_mentions_decide_who_is_notified(http: aiohttp.ClientSession) -> None:
+    async with running_fake() as fake:
+        helpers = fake.world.roles[2].id
+        content = f"@everyone <@{fake.user.id}> <@&{helpers}>"
+        route = f"/channels/{fake.channel_id}/messages"
+        silenced = {"content": content, "allowed_mentions": {"parse": []}}
+        assert (await call(http, fake, "POST", route, silenced))[0] == 200
+        assert (await call(http, fake, "POST", route, {"content": content}))[0] == 200
+        quiet, loud = fake.transcript()
+        assert not quiet.notified.any
+        assert fake.world.messages[quiet.id].allowed_mentions == [{"parse": []}]
+        assert loud.notified.users == {fake.user.id}
+        assert loud.notified.roles == {helpers}
+        assert not loud.notified.everyone  # the bot lacks MENTION_EVERYONE
+
+
+@pytest.mark.parametrize(
+    ("allowed", "everyone_allowed", "expected"),
+    [
+        (None, True, Mentions(everyone=True, users=frozenset({1}), roles=frozenset({5, 6}))),
+        (None, False, Mentions(users=frozenset({1}), roles=frozenset({5}))),
+        ({"parse": []}, True, Mentions()),
+        ({"parse": ["users"]}, True, Mentions(users=frozenset({1}))),
+        ({"parse": [], "users": ["1", "2"]}, True, Mentions(users=frozenset({1}))),
+        ({"parse": ["everyone", "roles"]}, True, Mentions(everyone=True, roles=frozenset({5, 6}))),
+    ],
+    ids=["default", "no MENTION_EVERYONE", "none", "users", "listed users", "everyone+roles"],
+)
+def test_pings_follow_allowed_mentions(
+    allowed: dict[str, object] | None, everyone_allowed: bool, expected: Mentions
+) -> None:
+    content = "@here <@1> <@!1> <@&5> <@&6> plain @ text"
+    found = pings(content, allowed, can_mention_everyone=everyone_allowed, mentionable_roles={5})
+    assert found == expected
+
+
+# Interactions
+
+
+async def acknowledge(
+    http: aiohttp.ClientSession, fake: FakeDiscord, interaction_id: int, token: str, body: Any
+) -> tuple[int, Any, aiohttp.ClientResponse]:
+    path = f"/interactions/{interaction_id}/{token}/callback?with_response=true"
+    return await call(http, fake, "POST", path, body, auth=False)
+
+
+async def test_callback_after_three_seconds_is_unknown_interaction(
+    http: aiohttp.ClientSession,
+) -> None:
+    async with running_fake(commands=[ASK]) as fake:
+        handle = fake.dispatch_interaction("ask", {"prompt": "slow"})
+        fake.clock.advance(3.01)
+        status, body, _ = await acknowledge(http, fake, handle.id, handle.token, {"type": 5})
+        assert (status, body) == (404, {"code": 10062, "message": "Unknown interaction"})
+        assert handle.callback_type is None
+        late = fake.calls[-1].since_dispatch
+        assert late is not None
+        assert late >= 3.01
+
+
+async def test_second_acknowledgement_is_refused(http: aiohttp.ClientSession) -> None:
+    async with running_fake(commands=[ASK]) as fake:
+        handle = fake.dispatch_interaction("ask", {"prompt": "twice"})
+        first = await acknowledge(http, fake, handle.id, handle.token, {"type": 5})
+        second = await acknowledge(http, fake, handle.id, handle.token, {"type": 5})
+        assert first[0] == 200
+        assert (second[0], second[1]) == (
+            400,
+            {"code": 40060, "message": "Interaction has already been acknowledged."},
+        )
+
+
+async def test_deferred_callback_response_describes_the_loading_message(
+    http: aiohttp.ClientSession,
+) -> None:
+    async with running_fake(commands=[ASK]) as fake:
+        handle = fake.dispatch_interaction("ask", {"prompt": "think"})
+        status, body, _ = await acknowledge(http, fake, handle.id, handle.token, {"type": 5})
+        assert status == 200
+        summary, resource = body["interaction"], body["resource"]
+        assert summary["id"] == str(handle.id)
+        assert summary["response_message_loading"] is True
+        assert summary["response_message_ephemeral"] is False
+        assert resource["type"] == 5
+        assert resource["message"]["id"] == summary["response_message_id"]
+        assert resource["message"]["flags"] & 128  # LOADING
+        [thinking] = fake.transcript()
+        assert thinking.loading
+        assert thinking.text == "thinking…"
+
+
+async def test_first_followup_after_defer_becomes_the_original(
+    http: aiohttp.ClientSession,
+) -> None:
+    async with running_fake(commands=[ASK]) as fake:
+        handle = fake.dispatch_interaction("ask", {"prompt": "hi"})
+        _, deferred, _ = await acknowledge(http, fake, handle.id, handle.token, {"type": 5})
+        original_id = deferred["interaction"]["response_message_id"]
+        webhook = f"/webhooks/{fake.application_id}/{handle.token}"
+        first = await call(http, fake, "POST", webhook, {"content": "part 1"}, auth=False)
+        second = await call(http, fake, "POST", webhook, {"content": "part 2"}, auth=False)
+        assert first[1]["id"] == original_id
+        assert second[1]["id"] != original_id
+        edited = await call(
+            http, fake, "PATCH", f"{webhook}/messages/@original", {"content": "part 1!"}, auth=False
+        )
+        assert edited[1]["id"] == original_id
+        assert [(m.content, m.loading) for m in handle.messages()] == [
+            ("part 1!", False),
+            ("part 2", False),
+        ]
+
+
+async def test_real_client_defers_then_followups_fill_the_original() -> None:
+    async with running_fake() as fake:
+        client = AskClient(answers=("first", "second"))
+        async with running(client, fake):
+            await fake.wait_for(lambda: bool(fake.command_syncs))
+            handle = fake.dispatch_interaction("ask", {"prompt": "why?"})
+            assert await handle.acknowledged() == 5
+            await settled(client.asked.wait())
+        assert client.followup_ids[0] == client.original_ids[0] == handle.interaction.original_id
+        assert client.followup_ids[1] != client.original_ids[0]
+        assert [(m.text, m.ephemeral) for m in fake.transcript()] == [
+            ("first: why?", False),
+            ("second: why?", False),
+        ]
+        assert fake.commands()[0]["name"] == "ask"
+
+
+async def test_ephemeral_defer_keeps_the_answer_private(http: aiohttp.ClientSession) -> None:
+    async with running_fake(commands=[ASK]) as fake:
+        alice, bob = fake.users
+        handle = fake.dispatch_interaction("ask", {"prompt": "secret"}, user=alice)
+        await acknowledge(http, fake, handle.id, handle.token, {"type": 5, "data": {"flags": 64}})
+        webhook = f"/webhooks/{fake.application_id}/{handle.token}"
+        await call(http, fake, "POST", webhook, {"content": "only you", "flags": 0}, auth=False)
+        assert fake.transcript(viewer=bob) == []
+        [seen] = fake.transcript(viewer=alice)
+        assert (seen.content, seen.ephemeral, seen.visible_to) == ("only you", True, alice.id)
+
+
+async def test_followup_with_a_file_is_read_from_multipart(http: aiohttp.ClientSession) -> None:
+    async with running_fake(commands=[ASK]) as fake:
+        handle = fake.dispatch_interaction("ask", {"prompt": "file"})
+        await acknowledge(http, fake, handle.id, handle.token, {"type": 5})
+        form = aiohttp.FormData(quote_fields=False)
+        payload = {"content": "see file", "attachments": [{"id": 0, "filename": "a.txt"}]}
+        form.add_field("payload_json", json.dumps(payload))
+        form.add_field("files[0]", b"hello", filename="a.txt", content_type="text/plain")
+        url = f"{fake.api_url}/webhooks/{fake.application_id}/{handle.token}"
+        async with http.post(url, data=form) as response:
+            assert response.status == 200
+            message = await response.json()
+        [attachment] = message["attachments"]
+        assert attachment["filename"] == "a.txt"
+        assert attachment["size"] == 5
+        async with http.get(attachment["url"]) as download:
+            assert await download.read() == b"hello"
+        assert fake.calls[-1].files == ("a.txt",)
+        assert handle.messages()[0].attachments == ["a.txt"]
+
+
+async def test_followup_needs_an_acknowledged_live_token(http: aiohttp.ClientSession) -> None:
+    async with running_fake(commands=[ASK]) as fake:
+        handle = fake.dispatch_interaction("ask", {"prompt": "later"})
+        webhook = f"/webhooks/{fake.application_id}/{handle.token}"
+        unknown = {"code": 10015, "message": "Unknown Webhook"}
+        early = await call(http, fake, "POST", webhook, {"content": "too soon"}, auth=False)
+        assert (early[0], early[1]) == (404, unknown)
+        await acknowledge(http, fake, handle.id, handle.token, {"type": 5})
+        fake.clock.advance(15 * 60 + 1)
+        late = await call(http, fake, "POST", webhook, {"content": "too late"}, auth=False)
+        assert (late[0], late[1]) == (404, unknown)
+
+
+async def test_button_press_reaches_the_view_and_updates_the_message() -> None:
+    async with running_fake() as fake:
+        client = AskClient()
+        async with running(client, fake):
+            await fake.wait_for(lambda: bool(fake.command_syncs))
+            offer = fake.dispatch_interaction("pick")
+            shown = await offer.answered()
+            assert shown is not None
+            assert shown.components[0]["components"][0]["custom_id"] == "again"
+            press = fake.press_button(shown.id, "again")
+            assert await press.acknowledged() == 7
+        [message] = fake.transcript()
+        assert (message.content, message.components) == ("picked", [])
+
+
+def test_dm_interaction_carries_user_not_member() -> None:
+    fake = FakeDiscord(commands=[ASK], spec_path=None)
+    payload = fake.dispatch_interaction("ask", {"prompt": "dm"}, dm=True).payload
+    assert "member" not in payload
+    assert "guild_id" not in payload
+    assert payload["user"]["id"] == str(fake.user.id)
+    assert payload["context"] == 1
+    assert payload["channel"]["type"] == 1
+    assert payload["authorizing_integration_owners"] == {"0": "0"}
+
+
+def test_guild_interaction_payload_is_complete() -> None:
+    fake = FakeDiscord(commands=[ASK], spec_path=None)
+    first = fake.dispatch_interaction("ask", {"prompt": "hello"})
+    second = fake.dispatch_interaction("ask", {"prompt": "again"})
+    payload = first.payload
+    assert payload["type"] == 2
+    assert payload["data"]["name"] == "ask"
+    assert payload["data"]["options"] == [{"name": "prompt", "type": 3, "value": "hello"}]
+    assert payload["guild_id"] == payload["channel"]["guild_id"] == str(fake.guild_id)
+    assert payload["member"]["user"]["id"] == str(fake.user.id)
+    assert int(payload["member"]["permissions"]) & (1 << 11)  # SEND_MESSAGES
+    assert payload["version"] == 1
+    assert payload["context"] == 0
+    assert payload["entitlements"] == []
+    assert payload["attachment_size_limit"] > 0
+    assert first.token != second.token
+
+
+def test_people_can_only_run_what_is_registered() -> None:
+    fake = FakeDiscord(commands=[ASK], spec_path=None)
+    with pytest.raises(LookupError):
+        fake.dispatch_interaction("nope")
+    with pytest.raises(ValueError, match="required"):
+        fake.dispatch_interaction("ask")
+    with pytest.raises(ValueError, match="no option"):
+        fake.dispatch_interaction("ask", {"prompt": "x", "extra": 1})
+
+
+async def test_invalid_command_name_is_refused(http: aiohttp.ClientSession) -> None:
+    async with running_fake() as fake:
+        bad = [{**ASK, "name": "Ask"}]
+        status, body, _ = await call(
+            http, fake, "PUT", f"/applications/{fake.application_id}/commands", bad
+        )
+        assert (status, body["code"]) == (400, 50035)
+        assert body["errors"]["0"]["name"]["_errors"][0]["code"] == (
+            "APPLICATION_COMMAND_INVALID_NAME"
+        )
+        assert fake.commands() == []
+
+
+# Rate limits
+
+
+async def test_flood_gets_discords_429(http: aiohttp.ClientSession) -> None:
+    async with running_fake(limits=RateLimits(channel_messages=Limit(2, 60.0))) as fake:
+        route = f"/channels/{fake.channel_id}/messages"
+        results = [await call(http, fake, "POST", route, {"content": str(n)}) for n in range(3)]
+        assert [status for status, _, _ in results] == [200, 200, 429]
+        _, body, response = results[2]
+        assert set(body) == {"message", "retry_after", "global"}
+        assert body["message"] == "You are being rate limited."
+        assert body["global"] is False
+        assert 0 < body["retry_after"] <= 60
+        assert response.headers["Via"] == "1.1 google"
+        assert int(response.headers["Retry-After"]) >= 1
+        assert response.headers["X-RateLimit-Scope"] == "user"
+        assert response.headers["X-RateLimit-Remaining"] == "0"
+        assert results[0][2].headers["X-RateLimit-Remaining"] == "1"
+        assert fake.rate_limited == 1
+        assert [m.content for m in fake.transcript()] == ["0", "1"]
+
+
+async def test_client_that_reads_the_headers_is_never_rate_limited() -> None:
+    limits = RateLimits(interaction_webhook=Limit(2, 0.2))
+    async with running_fake(limits=limits) as fake:
+        client = AskClient(answers=[f"part {n}" for n in range(5)])
+        async with running(client, fake):
+            await fake.wait_for(lambda: bool(fake.command_syncs))
+            handle = fake.dispatch_interaction("ask", {"prompt": "long"})
+            await settled(client.asked.wait())
+        assert fake.rate_limited == 0
+        assert [m.content for m in handle.messages()] == [f"part {n}: long" for n in range(5)]
+
+
+# Responses and auth
+
+
+async def test_responses_carry_exact_json_content_type_and_via(
+    http: aiohttp.ClientSession,
+) -> None:
+    async with running_fake(commands=[ASK]) as fake:
+        status, body, response = await call(http, fake, "GET", "/users/@me")
+        assert status == 200
+        assert response.headers["Content-Type"] == "application/json"
+        assert response.headers["Via"] == "1.1 google"
+        assert "X-RateLimit-Bucket" in response.headers
+        assert body["id"] == str(fake.bot_user_id)
+
+        handle = fake.dispatch_interaction("ask", {"prompt": "quiet"})
+        path = f"/interactions/{handle.id}/{handle.token}/callback"
+        status, body, response = await call(http, fake, "POST", path, {"type": 5}, auth=False)
+        assert (status, body) == (204, "")
+        assert "Content-Type" not in response.headers
+
+
+async def test_bot_routes_need_the_bot_token(http: aiohttp.ClientSession) -> None:
+    async with running_fake() as fake:
+        status, body, response = await call(http, fake, "GET", "/users/@me", auth=False)
+        assert (status, body) == (401, {"message": "401: Unauthorized", "code": 0})
+        assert response.headers["Content-Type"] == "application/json"
+
+
+# The OpenAPI description
+
+
+async def test_body_against_the_description_is_recorded_not_refused(
+    http: aiohttp.ClientSession,
+) -> None:
+    if not spec_available():
+        pytest.skip("Discord's OpenAPI description is not beside this checkout")
+    async with running_fake() as fake:
+        assert fake.spec_checked
+        # The live API takes integer ids here; the description wants snowflake strings.
+        body = {"content": "hi", "allowed_mentions": {"parse": [], "users": [123]}}
+        status, _, _ = await call(http, fake, "POST", f"/channels/{fake.channel_id}/messages", body)
+        assert status == 200
+        [violation] = fake.spec_violations
+        assert violation.route == "/channels/{channel_id}/messages"
+        assert violation.location == "$.allowed_mentions.users[0]"
+
+
+async def test_a_whole_bot_session_matches_the_description() -> None:
+    if not spec_available():
+        pytest.skip("Discord's OpenAPI description is not beside this checkout")
+    async with running_fake() as fake:
+        client = AskClient()
+        async with running(client, fake):
+            await fake.wait_for(lambda: bool(fake.command_syncs))
+            ask = fake.dispatch_interaction("ask", {"prompt": "spec?"})
+            await settled(client.asked.wait())
+            offer = fake.dispatch_interaction("pick")
+            shown = await offer.answered()
+            assert shown is not None
+            await fake.press_button(shown.id, "again").acknowledged()
+        assert ask.callback_type == 5
+        assert fake.spec_violations == []
+        assert fake.response_violations == []
+
+
+def test_default_token_is_what_the_fake_accepts() -> None:
+    assert FakeDiscord(spec_path=None).token == DEFAULT_TOKEN
+
+
+# Running the real bot in its own process
+
+
+async def test_launch_runs_the_bot_against_the_fake() -> None:
+    async with running_fake() as fake:
+        env = {
+            **os.environ,
+            **fake.env(),
+            "DISCORD_TOKEN": fake.token,
+            "DISCORD_GUILD_ID": str(fake.guild_id),
+            "OPENAI_BASE_URL": "http://127.0.0.1:9/v1",
+            "OPENAI_API_KEY": "not-used",
+            "LOG_LEVEL": "WARNING",
+        }
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tests.fakes.launch",
+            env=env,
+            cwd=REPO_ROOT,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        exited = asyncio.create_task(process.wait())
+        up = asyncio.create_task(
+            fake.wait_for(lambda: bool(fake.command_syncs) and fake.gateway.readies_sent > 0)
+        )
+        await asyncio.wait({exited, up}, return_when=asyncio.FIRST_COMPLETED)
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+        output, _ = await process.communicate()
+        up.cancel()
+        await exited
+        assert process.returncode == 0, output.decode()
+        assert fake.gateway.identifies, output.decode()
+        [sync] = fake.command_syncs
+        assert sync.guild_id == fake.guild_id
+        assert "ask" in sync.names
+        assert fake.internal_errors == []
