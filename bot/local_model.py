@@ -194,10 +194,16 @@ def _import_llama_cpp() -> ModuleType:
         raise LocalModelUnavailable("llama.cpp (the xllamacpp package)") from error
 
 
-def _available_cpus() -> int:
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+def _default_threads() -> int:
+    """Half the CPUs this process may use: the rest stay with the bot and its neighbours.
+
+    llama.cpp's threads meet at a barrier for every token, so one thread that loses
+    its CPU stalls them all; on a shared two-core host, two threads were measured up
+    to twenty times slower than one.
+    """
+    affinity = getattr(os, "sched_getaffinity", None)  # not on macOS or Windows
+    cpus = len(affinity(0)) if affinity else (os.cpu_count() or 1)
+    return max(1, cpus // 2)
 
 
 class LocalModelServer:
@@ -236,7 +242,7 @@ class LocalModelServer:
 
         `model_path` None means the bundled SmolLM2. `parallel` requests are answered at
         once (more wait in llama.cpp's queue), each with up to `context_per_slot` tokens of
-        prompt and answer. `threads` defaults to the CPUs this process may use.
+        prompt and answer. `threads` defaults to half the CPUs this process may use.
 
         Raises `LocalModelUnavailable` when xllamacpp or the bundled model is missing (the
         message names the install command) and `LocalModelError` when the file is missing, will
@@ -251,7 +257,7 @@ class LocalModelServer:
             model,
             parallel=parallel,
             context_per_slot=context_per_slot,
-            threads=threads or _available_cpus(),
+            threads=threads or _default_threads(),
         )
         try:
             server = cls(native.address, model, parallel=parallel)
@@ -296,6 +302,11 @@ async def _launch(
     params.n_predict = MAX_ANSWER_TOKENS
     params.cpuparams.n_threads = threads
     params.cpuparams_batch.n_threads = threads
+    # llama.cpp's workers spin while waiting for work by default; on a small shared host
+    # (the bot, other processes) spinning threads starve each other and a reply that takes
+    # a second can take minutes. Sleeping instead costs a little latency when idle.
+    params.cpuparams.poll = 0
+    params.cpuparams_batch.poll = 0
     params.verbosity = _LLAMA_LOG_ERRORS_ONLY
 
     handoff = _Handoff()
