@@ -1,0 +1,535 @@
+"""Splitting answers into Discord messages: properties over generated Markdown, then cases."""
+
+from __future__ import annotations
+
+import math
+import re
+import string
+from collections.abc import Sequence
+
+import pytest
+import regex
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bot.chunking import MIN_LIMIT, settled_count, split_message
+
+FAMILY = "\U0001f468\u200d\U0001f469\u200d\U0001f467\u200d\U0001f466"
+FLAG_FR = "\U0001f1eb\U0001f1f7"
+THUMB = "\U0001f44d\U0001f3fd"
+E_ACUTE = "e\u0301"
+URL = "https://example.com/docs/page?query=split&lang=en#section"
+
+# What a fence line is, as Discord users write them: CommonMark's rule, with an optional
+# `>>> ` quote marker in front of an opening line.
+FENCE_LINE = re.compile(r"(>>> )?( {0,3})(`{3,}|~{3,})(.*)")
+
+
+def open_fence_after(text: str) -> str | None:
+    """The fence run of the code block still open at the end of `text`, if any."""
+    open_run: str | None = None
+    for raw in text.split("\n"):
+        match = FENCE_LINE.fullmatch(raw.rstrip("\r"))
+        if match is None:
+            continue
+        marker, run, info = match[1], match[3], match[4]
+        if open_run is None:
+            if not (run[0] == "`" and "`" in info):
+                open_run = run
+        elif (
+            not marker and run[0] == open_run[0] and len(run) >= len(open_run) and not info.strip()
+        ):
+            open_run = None
+    return open_run
+
+
+def opening_lines(text: str) -> set[str]:
+    """Every line of `text` that could open a code block, as it would be reopened."""
+    lines = set()
+    for raw in text.split("\n"):
+        match = FENCE_LINE.fullmatch(raw.rstrip("\r"))
+        if match is not None:
+            lines.add(raw.removeprefix(">>> ").rstrip())
+    return lines
+
+
+def reconstructs(parts: Sequence[str], text: str) -> bool:
+    """Whether each part reads as added markup around the next slice of `text`.
+
+    Added markup is a `>>> ` or `> ` prefix, a reopened fence line (one of the answer's own)
+    and a closing fence; between slices only whitespace may be missing.
+    """
+    openers = opening_lines(text)
+    prefixes = {"", ">>> ", "> "} | {
+        f"{quote}{line}\n" for quote in ("", ">>> ") for line in openers
+    }
+    suffixes = {""} | {
+        f"\n{match[3]}" for line in openers if (match := FENCE_LINE.fullmatch(line)) is not None
+    }
+    cursors = {0}
+    for part in parts:
+        reached: set[int] = set()
+        for cursor in cursors:
+            for prefix in prefixes:
+                for suffix in suffixes:
+                    if len(prefix) + len(suffix) >= len(part):
+                        continue
+                    if not (part.startswith(prefix) and part.endswith(suffix)):
+                        continue
+                    core = part[len(prefix) : len(part) - len(suffix)]
+                    position = cursor
+                    while True:
+                        if text.startswith(core, position):
+                            reached.add(position + len(core))
+                        if position == len(text) or not text[position].isspace():
+                            break
+                        position += 1
+        cursors = reached
+    return any(not text[cursor:].strip() for cursor in cursors)
+
+
+def clusters(text: str) -> set[str]:
+    return set(regex.findall(r"\X", text))
+
+
+# --- Markdown-ish answers ----------------------------------------------------------------
+
+SPECIAL = st.sampled_from(
+    [
+        FAMILY,
+        FLAG_FR,
+        FLAG_FR * 3,
+        THUMB,
+        E_ACUTE,
+        f"caf{E_ACUTE}",
+        URL,
+        "<@123456789012345678>",
+        "<@!42>",
+        "<@&77>",
+        "<#99>",
+        "<:smile:123456>",
+        "<a:dance:654321>",
+        "<t:1700000000:R>",
+        "`inline code`",
+        "`a b c d e`",
+        "**bold**",
+        "@everyone",
+    ]
+)
+CLUSTER = st.sampled_from([FAMILY, FLAG_FR, THUMB, E_ACUTE, "a", "z"])
+# Words are mostly drawn whole rather than letter by letter: it keeps generation fast.
+WORD = st.one_of(
+    st.sampled_from(
+        [
+            *["a", "I", "the", "model", "answer", "Discord", "message", "split", "résumé"],
+            *["straße", "naïve", "Привет", "数据", "x²", "don't", "e.g.", "(see", "below)", "—"],
+        ]
+    ),
+    st.text(string.ascii_letters + "éßж", min_size=1, max_size=10),
+    st.builds(str.__mul__, st.sampled_from(string.ascii_letters), st.integers(20, 250)),
+    # No room for a soft cut, and clusters to keep whole.
+    st.builds(
+        lambda pattern, times: "".join(pattern) * times,
+        st.lists(CLUSTER, min_size=1, max_size=4),
+        st.integers(3, 40),
+    ),
+    SPECIAL,
+)
+GAP = st.sampled_from([" "] * 8 + ["\n", "\n\n", ". ", "! ", "? ", ".\n", "\t", "\r\n", "  "])
+PROSE = st.lists(st.tuples(WORD, GAP), min_size=1, max_size=20).map(
+    lambda pairs: "".join(word + gap for word, gap in pairs).strip() or "text"
+)
+CODE_TOKEN = st.one_of(
+    st.sampled_from(["def", "f(x):", "return", "x", "=", "1", "{", "}", "[i]", "#", "'s'", "+="]),
+    st.sampled_from(["x = 1", ">>> 1 + 1", "> not a quote", FAMILY, '"""', "`tick`", "<@1>"]),
+    st.text(
+        string.ascii_letters + string.digits + "_=()[]{}<>:#'\".,+-*/", min_size=1, max_size=12
+    ),
+)
+CODE_LINES = [
+    *["def handler(event):", "    return event.data", "        if value is None:", "x = 1"],
+    *['    print(f"{name}: {value}")', ">>> sorted(items)", "[1, 2, 3]", "> quoted in code"],
+    *["    # a comment with https://example.com/x", "        total += row[i]  # sum", "}"],
+]
+OPENER = st.sampled_from(["```", "```python", "```py", "~~~", "````js", "~~~~text"])
+
+
+def code_lines(*, blank_lines: bool) -> st.SearchStrategy[str]:
+    """Code lines; whitespace-only ones too if `blank_lines`."""
+    indent = st.sampled_from(["", "    ", "        "])
+    tokens = st.lists(CODE_TOKEN, min_size=0 if blank_lines else 1, max_size=6)
+    return st.one_of(
+        st.sampled_from(CODE_LINES + (["", "    "] if blank_lines else [])),
+        st.tuples(indent, tokens).map(lambda line: line[0] + " ".join(line[1])),
+    )
+
+
+@st.composite
+def code_blocks(draw: st.DrawFn, lines: st.SearchStrategy[str]) -> str:
+    opener = draw(OPENER)
+    run = opener[: len(opener) - len(opener.lstrip(opener[0]))]
+    body = draw(st.lists(lines, min_size=1, max_size=30))
+    closer = draw(st.sampled_from([run, run, run + opener[0], ""]))
+    return "\n".join([opener, *body, closer] if closer else [opener, *body])
+
+
+def blocks(*, blank_lines: bool) -> st.SearchStrategy[str]:
+    return st.one_of(
+        PROSE,
+        PROSE,
+        code_blocks(code_lines(blank_lines=blank_lines)),
+        PROSE.map(lambda text: "> " + text.replace("\n", " ")),
+        PROSE.map(lambda text: ">>> " + text),
+    )
+
+
+# Built once: building strategies inside a draw costs more than drawing from them.
+BLOCKS = {blank_lines: blocks(blank_lines=blank_lines) for blank_lines in (False, True)}
+
+
+@st.composite
+def answers(draw: st.DrawFn, *, blank_lines: bool = True) -> str:
+    """Prose, code blocks, quotes; code may hold whitespace-only lines if `blank_lines`."""
+    parts = draw(st.lists(BLOCKS[blank_lines], min_size=1, max_size=8))
+    separators = draw(st.lists(st.sampled_from(["\n", "\n\n"]), min_size=len(parts)))
+    text = "".join(part + separator for part, separator in zip(parts, separators, strict=False))
+    quote = draw(st.sampled_from(["", "", "", ">>> "]))
+    return quote + text * draw(st.integers(1, 3))
+
+
+LIMITS = st.sampled_from([MIN_LIMIT, 137, 200, 300, 2000])
+
+
+def minimum_fill(text: str, limit: int) -> int:
+    """Text each message but the last is sure to take from a generated answer.
+
+    A message holds at most `>>> `, a reopened fence line and a closing fence on top of its
+    text; the splitter cuts in the last fifth of what is left. That fifth always holds a valid
+    cut in answers without blank lines in code: their whitespace runs (at most 9 characters),
+    fence lines (at most 8) and grapheme clusters (at most 7 code points) are all shorter than
+    it (at least 15 characters at the smallest limit).
+    """
+    longest = max((len(line) for line in opening_lines(text)), default=0)
+    room = limit - (4 + (longest + 1) + (longest + 1))
+    return room - room // 5
+
+
+# --- Properties --------------------------------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=answers(), limit=LIMITS)
+def test_every_message_fits_and_renders_on_its_own(text: str, limit: int) -> None:
+    parts = split_message(text, limit)
+    assert all(len(part) <= limit for part in parts)
+    assert all(part.strip() for part in parts), "empty or whitespace-only message"
+    assert all(part == part.strip("\n") for part in parts), "padded with blank lines"
+    if text.startswith(">>> "):
+        assert all(part.startswith(">>> ") for part in parts), "the block quote ended"
+    answer_left_open = open_fence_after(text) is not None
+    for index, part in enumerate(parts):
+        is_last = index == len(parts) - 1
+        assert open_fence_after(part) is None or (is_last and answer_left_open), part
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=answers(), limit=LIMITS)
+def test_nothing_is_lost(text: str, limit: int) -> None:
+    parts = split_message(text, limit)
+    assert bool(parts) == bool(text.strip())
+    assert reconstructs(parts, text)
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=answers(), limit=LIMITS)
+def test_grapheme_clusters_are_never_split(text: str, limit: int) -> None:
+    allowed = clusters(text) | clusters(">` ~\n")
+    for part in split_message(text, limit):
+        assert clusters(part) <= allowed, part
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=answers(blank_lines=False), limit=LIMITS)
+def test_message_count_stays_near_the_minimum(text: str, limit: int) -> None:
+    parts = split_message(text, limit)
+    if parts:
+        # Every message but the last takes at least `fill` characters of the answer.
+        fill = minimum_fill(text, limit)
+        assert len(parts) <= (len(text) - 1) // fill + 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    lines=st.lists(
+        st.lists(st.text(string.ascii_letters, min_size=1, max_size=7), min_size=1, max_size=5),
+        min_size=1,
+        max_size=800,
+    )
+)
+def test_prose_with_short_lines_is_within_one_message_of_the_minimum(
+    lines: list[list[str]],
+) -> None:
+    text = "\n".join(" ".join(words) for words in lines)  # lines of at most 39 characters
+    parts = split_message(text)
+    # A line break always lies within the last 40 characters of a full message.
+    assert len(parts) <= (len(text) - 1) // (2000 - 40) + 1
+    assert len(parts) <= math.ceil(len(text) / 2000) + 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    whole=answers(),
+    at=st.floats(0, 1),
+    more=st.one_of(st.just(""), answers(), st.text()),
+    limit=LIMITS,
+)
+def test_settled_messages_never_change(whole: str, at: float, more: str, limit: int) -> None:
+    # The answer so far is cut anywhere, in code, in a fence line, in an emoji...
+    text = whole[: int(len(whole) * at)]
+    settled = settled_count(text, limit)
+    parts = split_message(text, limit)
+    assert settled <= max(len(parts) - 1, 0)
+    assert split_message(whole + more, limit)[:settled] == parts[:settled]
+
+
+def test_a_message_is_not_settled_while_the_text_can_still_change_it() -> None:
+    # A code block whose last line could end the first message, then blank lines and what
+    # looks like its closing line, the last line written so far. The cut avoids leaving that
+    # closing line alone in the next message; but if the model goes on writing on that line,
+    # it is no closing line after all.
+    code = "\n".join(f"value_{i} = compute({i})" for i in range(200))
+    text = f"```\n{code}"[:1996].rstrip() + "\n\n\n\n\n```"
+    assert len(text) > 2000
+    assert split_message(text)[0] != split_message(text + "x = 1")[0]
+    assert settled_count(text) == 0
+
+
+# --- Cases -------------------------------------------------------------------------------
+
+
+SENTENCES = "The model wrote a long answer. It keeps going, sentence after sentence! Why? "
+WORDS = "words and more words without any end in sight "
+
+
+def prose(length: int, source: str = SENTENCES) -> str:
+    """Text of about `length` characters, cut from `source` repeated."""
+    return (source * (length // len(source) + 1))[:length].rstrip()
+
+
+def exactly(length: int, source: str = SENTENCES) -> str:
+    """Text of exactly `length` characters ending in a visible one."""
+    text = prose(length, source)
+    return text + "y" * (length - len(text))
+
+
+def test_exactly_the_limit_is_one_message() -> None:
+    text = exactly(2000)
+    assert len(text) == 2000
+    assert split_message(text) == [text]
+
+
+def test_one_more_than_the_limit_is_two_messages() -> None:
+    text = exactly(2001)
+    parts = split_message(text)
+    assert len(parts) == 2
+    assert " ".join(parts) == text
+
+
+@pytest.mark.parametrize("text", ["", " ", "\n\n", " \t\r\n "])
+def test_nothing_to_say_gives_no_message(text: str) -> None:
+    assert split_message(text) == []
+
+
+def test_surrounding_blank_lines_are_dropped() -> None:
+    assert split_message("\n \nHello there.  \n\n") == ["Hello there."]
+    assert split_message("\n\n    indented code\n") == ["    indented code"]
+
+
+@pytest.mark.parametrize("limit", [0, 1, 50, MIN_LIMIT - 1])
+def test_too_small_limit_is_refused(limit: int) -> None:
+    with pytest.raises(ValueError, match="limit"):
+        split_message("hello", limit)
+    with pytest.raises(ValueError, match="limit"):
+        settled_count("hello", limit)
+
+
+def test_code_block_cut_is_closed_and_reopened_with_its_language() -> None:
+    code = "\n".join(f"    total += values[{i}]  # step {i}" for i in range(120))
+    text = f"Here is the loop:\n\n```python\ndef total(values):\n{code}\n```\nDone."
+    parts = split_message(text)
+    assert len(parts) >= 2
+    assert parts[0].startswith("Here is the loop:")
+    assert parts[0].endswith("\n```")
+    assert parts[1].startswith("```python\n    total += ")  # indentation kept
+    assert parts[-1].endswith("```\nDone.")
+    code_lines = [line for part in parts for line in part.splitlines()]
+    assert all(line in code_lines for line in code.splitlines())
+
+
+@pytest.mark.parametrize("opener", ["~~~", "````markdown", "~~~~"])
+def test_other_fences_are_reopened_and_closed_with_their_own_run(opener: str) -> None:
+    run = opener[: len(opener) - len(opener.lstrip(opener[0]))]
+    body = "\n".join(f"line {i} with ```inner``` ticks" for i in range(150))
+    text = f"{opener}\n{body}\n{run}\n"
+    parts = split_message(text)
+    assert len(parts) >= 2
+    assert all(part.startswith(f"{opener}\n") for part in parts)
+    assert all(part.endswith(f"\n{run}") for part in parts)
+
+
+def test_an_unclosed_code_block_is_left_open_in_the_last_message() -> None:
+    text = "```js\n" + "\n".join(f"console.log({i});" for i in range(300))
+    parts = split_message(text)
+    assert len(parts) >= 2
+    assert all(part.endswith("\n```") for part in parts[:-1])
+    assert parts[-1].startswith("```js\n")
+    assert parts[-1].endswith("console.log(299);")
+
+
+def test_no_message_is_an_empty_code_block() -> None:
+    # The last code line could end the first message (1996 characters, and 4 for the closing
+    # fence), but then the next one would be just the reopened block and its closing line.
+    code = "\n".join(f"value_{i} = {i}" for i in range(130))
+    last_line = "x" * (1996 - len("```\n") - len(code) - 1)
+    text = f"```\n{code}\n{last_line}\n\n```\nafter"
+    parts = split_message(text)
+    assert len(parts) == 2
+    assert all("```\n```" not in part for part in parts)
+    assert parts[1] == f"```\n{last_line}\n\n```\nafter"
+
+
+def test_code_in_a_block_quote_reopens_inside_the_quote() -> None:
+    code = "\n".join(f"print({i})" for i in range(300))
+    parts = split_message(f">>> Try this:\n```python\n{code}\n```")
+    assert len(parts) >= 2
+    assert all(part.startswith(">>> ```python\nprint(") for part in parts[1:])
+
+
+def test_block_quote_continues_in_the_next_message() -> None:
+    text = "Before the quote.\n>>> " + prose(4500)
+    parts = split_message(text)
+    assert len(parts) == 3
+    assert parts[0].startswith("Before the quote.\n>>> ")
+    assert all(part.startswith(">>> ") for part in parts[1:])
+
+
+def test_python_prompt_inside_code_is_not_a_block_quote() -> None:
+    text = "```python\n" + "\n".join(f">>> print({i})\n{i}" for i in range(400)) + "\n```"
+    parts = split_message(text)
+    assert len(parts) >= 2
+    assert all(part.startswith("```python\n>>> ") for part in parts)
+
+
+def test_quote_line_cut_in_the_middle_continues_as_a_quote() -> None:
+    text = "Intro.\n> " + prose(2500) + "\nAfter."
+    parts = split_message(text)
+    assert len(parts) == 2
+    assert parts[0].startswith("Intro.\n> ")
+    assert parts[1].startswith("> ")
+    assert parts[1].endswith("\nAfter.")
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        URL,
+        "<@123456789012345678>",
+        "<@!123456789012345678>",
+        "<@&123456789012345678>",
+        "<#123456789012345678>",
+        "<:blobwave:123456789012345678>",
+        "<a:blobdance:123456789012345678>",
+        "<t:1700000000:R>",
+    ],
+)
+def test_a_token_glued_across_the_cut_moves_whole(token: str) -> None:
+    # No space anywhere near the cut: only a hard cut is possible, and it goes before the token.
+    text = "x" * 1990 + token + "y" * 100
+    parts = split_message(text)
+    assert parts == [text[:1990], text[1990:]]
+
+
+def test_inline_code_across_the_cut_moves_whole() -> None:
+    code = "`git commit --amend --no-edit`"
+    head = exactly(1985, WORDS)
+    text = f"{head} {code} and then push."
+    parts = split_message(text)
+    assert parts[0] == head
+    assert parts[1].startswith(code)
+
+
+@pytest.mark.parametrize(("cluster", "before"), [(FAMILY, 1997), (FLAG_FR, 1999), (THUMB, 1999)])
+def test_emoji_at_the_cut_stays_whole(cluster: str, before: int) -> None:
+    text = "a" * before + cluster * 20
+    parts = split_message(text)
+    assert "".join(parts) == text
+    assert parts[0] == "a" * before
+    assert clusters(parts[1]) == {cluster}
+
+
+def test_combining_marks_stay_with_their_letter() -> None:
+    text = E_ACUTE * 1500
+    parts = split_message(text)
+    assert "".join(parts) == text
+    assert all(clusters(part) == {E_ACUTE} for part in parts)
+
+
+def test_a_very_long_word_is_cut_hard() -> None:
+    text = "z" * 5000
+    assert [len(part) for part in split_message(text)] == [2000, 2000, 1000]
+
+
+def test_mass_mentions_survive_as_text() -> None:
+    text = "@everyone " * 500
+    parts = split_message(text)
+    assert len(parts) == 3
+    assert " ".join(parts) == text.strip()
+
+
+def test_a_late_line_break_beats_an_early_blank_line() -> None:
+    lines = "\n".join(f"{i:04} a line of a list" for i in range(120))
+    text = "Short intro.\n\n" + lines
+    parts = split_message(text)
+    assert len(parts[0]) > 1900
+
+
+def test_a_blank_line_near_the_end_beats_a_later_line_break() -> None:
+    first = "\n".join(f"{i:04} a line of the first list" for i in range(60))
+    second = "\n".join(f"{i:04} a line of the second list" for i in range(60))
+    text = f"{first}\n\n{second}"
+    assert 1600 < len(first) < 2000
+    assert split_message(text)[0] == first
+
+
+def test_sentence_end_beats_a_later_space() -> None:
+    head = exactly(1900, WORDS)
+    text = f"{head}. And then the tail goes on and on without any period at all" + " more" * 80
+    assert split_message(text)[0] == f"{head}."
+
+
+def test_long_prose_needs_about_the_minimum() -> None:
+    text = prose(100_000)
+    parts = split_message(text)
+    assert len(parts) <= math.ceil(len(text) / 2000) + 1
+
+
+def test_streaming_seals_messages_that_never_change() -> None:
+    code = "\n".join(f"    print('row {i}')" for i in range(60))
+    text = "\n\n".join([prose(1500), f"```python\n{code}\n```", ">>> " + prose(3000)]) * 2
+    sealed: list[str] = []
+    for length in [*range(0, len(text), 53), len(text)]:
+        current = split_message(text[:length])
+        assert current[: len(sealed)] == sealed, "a sealed message changed"
+        sealed = current[: settled_count(text[:length])]
+    final = split_message(text)
+    assert sealed == final[:-1]
+
+
+def test_settled_count_of_a_long_answer_is_all_but_the_last() -> None:
+    text = prose(9000)
+    assert settled_count(text) == len(split_message(text)) - 1
+
+
+@pytest.mark.parametrize("text", ["", "short", prose(2100)])
+def test_short_answers_have_nothing_settled(text: str) -> None:
+    assert settled_count(text) == 0
