@@ -44,8 +44,10 @@ EXIT_CONFIG = 2
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
-    # Real environment variables win over the .env file.
-    load_dotenv(override=False)
+    # Real environment variables win over the .env file. The file is the working
+    # directory's: without a path, python-dotenv searches upwards from this module's
+    # folder, which misses the operator's .env once the bot is installed as a package.
+    load_dotenv(".env", override=False)
     try:
         settings = load_settings(os.environ, require_discord=args.command != "ask")
     except ConfigError as error:
