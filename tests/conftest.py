@@ -7,16 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakes.discord import FakeDiscord, point_discord_py_at
+from tests.fakes.discord import FakeDiscord
+from tests.fakes.discord.plugin import running_fake
 from tests.fakes.openai_server import FakeOpenAI, start_fake_openai
 from tests.stack import Stack, run_stack
 
 
 @pytest.fixture
 async def fake_discord() -> AsyncIterator[FakeDiscord]:
-    async with FakeDiscord() as fake:
-        with point_discord_py_at(fake):
-            yield fake
+    async with running_fake() as fake:
+        yield fake
 
 
 @pytest.fixture
