@@ -68,5 +68,10 @@ class AskBot(commands.Bot):
         synced = await self.tree.sync()
         return len(synced)
 
+    async def on_message(self, message: discord.Message, /) -> None:
+        # Slash commands only. The default would parse every message that mentions the
+        # bot as a prefix command and log a "command not found" traceback for each.
+        return
+
     async def on_ready(self) -> None:
         log.info("connected to Discord as %s (%s guilds)", self.user, len(self.guilds))
