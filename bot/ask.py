@@ -75,6 +75,7 @@ class Ask(commands.Cog):
             self._log(interaction, "refused", received, None, None, None)
             return
         ticket = ticket_or_refusal
+        acked: float | None = None
         try:
             await interaction.response.defer(thinking=True, ephemeral=private)
             acked = loop.time()
@@ -99,6 +100,10 @@ class Ask(commands.Cog):
                 return
             tokens = await self._record_usage(interaction, prompt, outcome)
             self._log(interaction, outcome.kind, received, acked, outcome, tokens)
+        except Exception:
+            # Still one line (and one count) per ask; the tree logs the traceback.
+            self._log(interaction, "error", received, acked, None, None)
+            raise
         finally:
             ticket.cancel()
 
