@@ -120,7 +120,10 @@ async def run_stack(
     model: FakeOpenAI,
     data: Path,
     overrides: Mapping[str, str] | None = None,
+    *,
+    wait: float = WAIT,
 ) -> AsyncIterator[Stack]:
+    """`wait` bounds start-up and shutdown; raise it for a slow start (the built-in model)."""
     settings = load_settings(stack_settings(discord, model, data, overrides or {}))
     ask_log = AskLog()
     logger = logging.getLogger("bot")
@@ -130,7 +133,7 @@ async def run_stack(
     stop = asyncio.Event()
     task = asyncio.create_task(run_bot(settings, stop))
     try:
-        async with asyncio.timeout(WAIT):
+        async with asyncio.timeout(wait):
             await discord.wait_for(
                 lambda: (
                     task.done()
@@ -145,7 +148,7 @@ async def run_stack(
         yield Stack(discord, model, ask_log, task, stop)
     finally:
         stop.set()
-        status = await asyncio.wait_for(task, WAIT)
+        status = await asyncio.wait_for(task, wait)
         logger.removeHandler(ask_log)
         logger.setLevel(previous_level)
     assert status == 0

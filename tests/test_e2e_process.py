@@ -1,0 +1,217 @@
+"""The bot as an operator runs it: a real process, its exit status, its log, its signals.
+
+Each test starts `python -m tests.fakes.launch` (the unmodified `python -m bot` aimed at the
+local Discord) from an empty directory, so no `.env` is read, and waits on what the local
+Discord or the process's own output shows, never on the clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from bot import replies
+from tests.fakes.discord import FakeDiscord
+from tests.fakes.openai_server import FakeOpenAI, Reply
+from tests.stack import Stack
+
+ROOT = Path(__file__).resolve().parent.parent
+WAIT = 60.0
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+
+
+class Bot:
+    """One bot process and everything it has written so far."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.lines: list[str] = []
+        self.errors = ""
+        self._changed = asyncio.Event()
+        assert process.stdout is not None
+        assert process.stderr is not None
+        self._readers = [
+            asyncio.create_task(self._read_lines(process.stdout)),
+            asyncio.create_task(self._read_errors(process.stderr)),
+        ]
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines) + "\n" + self.errors
+
+    async def _read_lines(self, stream: asyncio.StreamReader) -> None:
+        async for raw in stream:
+            self.lines.append(raw.decode().rstrip("\n"))
+            self._changed.set()
+
+    async def _read_errors(self, stream: asyncio.StreamReader) -> None:
+        self.errors = (await stream.read()).decode()
+
+    async def logged(self, text: str) -> str:
+        """Wait until a line containing `text` is written; return that line."""
+        async with asyncio.timeout(WAIT):
+            while True:
+                for line in self.lines:
+                    if text in line:
+                        return line
+                if self.process.returncode is not None:
+                    raise AssertionError(f"exited without logging {text!r}:\n{self.output}")
+                self._changed.clear()
+                await self._changed.wait()
+
+    async def exit_status(self) -> int:
+        """Wait for the process to end and all its output to be read."""
+        async with asyncio.timeout(WAIT):
+            status = await self.process.wait()
+            await asyncio.gather(*self._readers)
+        return status
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+
+
+@asynccontextmanager
+async def launched(
+    discord_fake: FakeDiscord, settings: Mapping[str, str], cwd: Path
+) -> AsyncIterator[Bot]:
+    """The bot in its own process with exactly `settings` as its configuration."""
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "PYTHONPATH": str(ROOT),
+        "PYTHONUNBUFFERED": "1",
+        **discord_fake.env(),
+        **settings,
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.fakes.launch",
+        cwd=cwd,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    bot = Bot(process)
+    try:
+        yield bot
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await bot.exit_status()
+
+
+def settings_for(
+    discord_fake: FakeDiscord, model: FakeOpenAI, data: Path, **overrides: str
+) -> dict[str, str]:
+    return {
+        "DISCORD_TOKEN": discord_fake.token,
+        "DISCORD_GUILD_ID": str(discord_fake.guild_id),
+        "OPENAI_BASE_URL": model.base_url,
+        "OPENAI_API_KEY": "sk-test-key",
+        "OPENAI_MAX_RETRIES": "0",
+        "DATA_PATH": str(data / "data"),
+        **overrides,
+    }
+
+
+async def connected(discord_fake: FakeDiscord) -> None:
+    """Wait until the bot has registered its commands and been sent READY."""
+    await discord_fake.wait_for(
+        lambda: (
+            bool(discord_fake.commands(discord_fake.guild_id))
+            and discord_fake.gateway.readies_sent > 0
+        )
+    )
+
+
+async def test_a_rejected_token_exits_1_with_one_clear_line(
+    fake_discord: FakeDiscord, fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    wrong = "MTExMTExMTExMTExMTExMTEx.wrong.not-a-token-discord-issued"
+    settings = settings_for(fake_discord, fake_openai, tmp_path, DISCORD_TOKEN=wrong)
+    async with launched(fake_discord, settings, tmp_path) as bot:
+        status = await bot.exit_status()
+
+    assert status == EXIT_FAILURE
+    about_token = [line for line in bot.lines if "DISCORD_TOKEN" in line]
+    assert len(about_token) == 1, bot.output
+    assert "ERROR" in about_token[0]
+    assert "Traceback" not in bot.output
+    assert wrong not in bot.output
+    assert fake_discord.gateway.identifies == [], "it never got as far as connecting"
+
+
+async def test_missing_or_malformed_settings_exit_2_naming_each(
+    fake_discord: FakeDiscord, tmp_path: Path
+) -> None:
+    settings = {"OPENAI_TIMEOUT": "soon", "OPENAI_BASE_URL": "localhost:8080"}
+    async with launched(fake_discord, settings, tmp_path) as bot:
+        status = await bot.exit_status()
+
+    assert status == EXIT_CONFIG
+    for name in ("DISCORD_TOKEN", "OPENAI_TIMEOUT", "OPENAI_BASE_URL"):
+        assert name in bot.errors, f"{name} not named in:\n{bot.errors}"
+    assert "Traceback" not in bot.output
+    assert fake_discord.calls == [], "nothing was attempted with a broken configuration"
+
+
+async def test_sigterm_while_connected_exits_0(
+    fake_discord: FakeDiscord, fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    settings = settings_for(fake_discord, fake_openai, tmp_path)
+    async with launched(fake_discord, settings, tmp_path) as bot:
+        await connected(fake_discord)
+        bot.stop()
+        status = await bot.exit_status()
+
+    assert status == EXIT_OK
+    assert "stopped" in bot.lines[-1]
+    assert "Traceback" not in bot.output
+
+
+async def test_sigterm_lets_the_answer_in_flight_finish(
+    fake_discord: FakeDiscord, fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    settings = settings_for(fake_discord, fake_openai, tmp_path)
+    gate = fake_openai.gated_stream()
+    async with launched(fake_discord, settings, tmp_path) as bot:
+        await connected(fake_discord)
+        in_flight = fake_discord.dispatch_interaction("ask", {"prompt": "A long question"})
+        await gate.started()
+
+        bot.stop()
+        await bot.logged("shutting down: finishing 1 answer(s)")
+        latecomer = fake_discord.dispatch_interaction(
+            "ask", {"prompt": "Another one"}, user=fake_discord.users[1]
+        )
+        turned_away = await latecomer.answered()
+        await gate.send("Here is the whole answer.")
+        await gate.finish()
+        status = await bot.exit_status()
+
+    assert status == EXIT_OK
+    assert [message.content for message in in_flight.messages()] == ["Here is the whole answer."]
+    assert turned_away is not None
+    assert turned_away.content == replies.RESTARTING
+    assert turned_away.ephemeral
+    assert "Traceback" not in bot.output
+
+
+async def test_a_gateway_reconnect_resumes_and_keeps_answering(stack: Stack) -> None:
+    discord_fake = stack.discord
+    stack.model.script(Reply("Before."), Reply("After."))
+    assert (await stack.ask("First?")).contents == ["Before."]
+
+    discord_fake.reconnect()
+    # Sent right behind the RECONNECT: the bot only gets it once it has resumed.
+    after = await stack.ask("Second?")
+
+    assert after.outcome == "answered"
+    assert after.contents == ["After."]
+    assert discord_fake.gateway.resumes == 1
+    assert len(discord_fake.gateway.identifies) == 1, "resumed, not a new session"
