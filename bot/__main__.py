@@ -80,6 +80,10 @@ def configure_logging(level: str, stream: TextIO = sys.stdout) -> None:
     )
     # The HTTP client logs every request at INFO; that is noise for operators.
     logging.getLogger("httpx2").setLevel(logging.WARNING)
+    # The bot never joins voice, so discord.py's warnings about missing voice libraries
+    # would only worry operators.
+    discord.VoiceClient.warn_nacl = False
+    discord.VoiceClient.warn_dave = False
 
 
 async def run_bot(settings: Settings, stop: asyncio.Event | None = None) -> int:
