@@ -10,6 +10,7 @@ unexpected propagates to `AskTree.on_error`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -62,7 +63,8 @@ class Ask(commands.Cog):
         private: bool = False,
     ) -> None:
         """Ask the language model a question."""
-        loop = interaction.client.loop
+        # Not `interaction.client.loop`: discord.py unsets it when the client closes.
+        loop = asyncio.get_running_loop()
         received = loop.time()
         reply = Reply(interaction.followup, ephemeral=private)
 
@@ -94,12 +96,14 @@ class Ask(commands.Cog):
                         reply,
                         stop_button=lambda pressed: StopButton(user_id, pressed.set),
                     )
+                    # Still holding the slot: a shutdown waits for the gate to drain, and
+                    # must not close the usage store or the client before these are done.
+                    tokens = await self._record_usage(interaction, prompt, outcome)
+                    self._log(interaction, outcome.kind, received, acked, outcome, tokens)
             except limits.GateClosed:
                 await reply.finish([replies.RESTARTING])
                 self._log(interaction, "restarting", received, acked, None, None)
                 return
-            tokens = await self._record_usage(interaction, prompt, outcome)
-            self._log(interaction, outcome.kind, received, acked, outcome, tokens)
         except Exception:
             # Still one line (and one count) per ask; the tree logs the traceback.
             self._log(interaction, "error", received, acked, None, None)
@@ -185,7 +189,7 @@ class Ask(commands.Cog):
         tokens: int | None,
     ) -> None:
         """One structured line per ask; never the prompt or the answer."""
-        done = interaction.client.loop.time()
+        done = asyncio.get_running_loop().time()
         metrics = self._fair.metrics
         metrics.asks.labels(outcome).inc()
         metrics.done_seconds.observe(done - received)

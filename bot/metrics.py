@@ -74,7 +74,7 @@ class Metrics:
         trace.on_request_end.append(on_request_end)
         return trace
 
-    def serve(self, port: int, host: str = "0.0.0.0") -> Callable[[], None]:
+    def serve(self, port: int, host: str = "127.0.0.1") -> Callable[[], None]:
         """Expose `/metrics` on `host:port`; returns a function that stops the server."""
         server, thread = start_http_server(port, addr=host, registry=self.registry)
         log.info("metrics on http://%s:%d/metrics", host, port)
