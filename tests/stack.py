@@ -131,6 +131,8 @@ async def run_stack(
     previous_level = logger.level
     logger.setLevel(logging.INFO)
     stop = asyncio.Event()
+    # A bot run earlier on the same fake has been sent READY already: wait for this one's.
+    readies_before = discord.gateway.readies_sent
     task = asyncio.create_task(run_bot(settings, stop))
     try:
         async with asyncio.timeout(wait):
@@ -139,7 +141,7 @@ async def run_stack(
                     task.done()
                     or (
                         bool(discord.commands(discord.guild_id))
-                        and discord.gateway.readies_sent > 0
+                        and discord.gateway.readies_sent > readies_before
                     )
                 )
             )
