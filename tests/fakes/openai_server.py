@@ -63,6 +63,7 @@ DEFAULT_MODELS = ("gpt-4o-mini",)
 _SENT = web.RequestKey("sent_response", web.StreamResponse)
 CHAT_PATH = "/v1/chat/completions"
 MODELS_PATH = "/v1/models"
+BACKLOG = 1024  # connections the listening socket holds until accepted
 
 
 # --- Behaviours ------------------------------------------------------------------------------
@@ -894,7 +895,9 @@ class FakeOpenAI:
         # request the client abandoned is told apart from one it read to the end.
         runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
         await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        # aiohttp's default accept queue of 128 drops the SYNs of a bigger burst of new
+        # connections, which then wait a second to retry; a provider's servers do not.
+        await web.TCPSite(runner, "127.0.0.1", 0, backlog=BACKLOG).start()
         self._runner = runner
         self._port = int(runner.addresses[0][1])
 

@@ -46,6 +46,7 @@ from .state import (
 )
 
 DEFAULT_TOKEN = "MTIzNDU2Nzg5MDEyMzQ1Njc4.fake.local-bot-token-for-tests"
+BACKLOG = 1024  # connections the listening socket holds until accepted
 GUILD_MESSAGES = 1 << 9
 DIRECT_MESSAGES = 1 << 12
 
@@ -132,7 +133,9 @@ class FakeDiscord:
         app.router.add_get("/attachments/{channel_id}/{attachment_id}/{filename}", self._file)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
+        # aiohttp's default accept queue of 128 drops the SYNs of a bigger burst of new
+        # connections, which then wait a second to retry; Discord's servers do not.
+        site = web.TCPSite(runner, "127.0.0.1", 0, backlog=BACKLOG)
         await site.start()
         self._runner = runner
         self._port = int(runner.addresses[0][1])
