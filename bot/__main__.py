@@ -28,7 +28,7 @@ from bot.access import AccessRules
 from bot.ask import FairUse
 from bot.client import AskBot
 from bot.config import ConfigError, Settings, load_settings
-from bot.limits import AskGate, Cooldown
+from bot.limits import AskGate, Cooldown, InFlight
 from bot.llm import Completer, make_client, open_completer
 from bot.local_model import LocalModelError
 from bot.metrics import Metrics
@@ -40,6 +40,8 @@ log = logging.getLogger("bot")
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
+# Seconds answers cut off at shutdown get to write their closing note.
+CLOSING_TIMEOUT = 5.0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -106,7 +108,7 @@ async def run_bot(settings: Settings, stop: asyncio.Event | None = None) -> int:
         await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
         stopper.cancel()
         if not runner.done():
-            await _drain(fair_use.gate, settings.shutdown_grace)
+            await _drain(fair_use, settings.shutdown_grace)
             await bot.close()
         try:
             await runner
@@ -120,17 +122,26 @@ async def run_bot(settings: Settings, stop: asyncio.Event | None = None) -> int:
     return EXIT_OK
 
 
-async def _drain(gate: AskGate, grace: float) -> None:
-    gate.close()
-    if gate.running:
-        log.info("shutting down: finishing %d answer(s), waiting up to %g s", gate.running, grace)
+async def _drain(fair_use: FairUse, grace: float) -> None:
+    """Turn new asks away, give those in flight `grace` seconds, then end them."""
+    # Asks still waiting in line are told to come back, and need no grace.
+    answering = len(fair_use.in_flight) - fair_use.gate.queued
+    fair_use.gate.close()
+    in_flight = fair_use.in_flight
+    if answering:
+        log.info("shutting down: finishing %d answer(s), waiting up to %g s", answering, grace)
     else:
         log.info("shutting down")
     try:
         async with asyncio.timeout(grace):
-            await gate.drained()
+            await in_flight.drained()
     except TimeoutError:
-        log.warning("shutting down with %d answer(s) unfinished after %g s", gate.running, grace)
+        log.warning("shutting down: ending %d unfinished answer(s)", len(in_flight))
+        in_flight.cancel_all()
+        # Each one closes its messages with a note as it unwinds; Discord still answers.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CLOSING_TIMEOUT):
+                await in_flight.drained()
 
 
 @asynccontextmanager
@@ -154,6 +165,7 @@ async def open_fair_use(settings: Settings) -> AsyncIterator[FairUse]:
             max_prompt_chars=settings.max_prompt_chars,
             cooldown=Cooldown(settings.ask_cooldown) if settings.ask_cooldown else None,
             gate=gate,
+            in_flight=InFlight(),
             budgets=DailyBudgets(
                 store, Budget(settings.user_daily_tokens, settings.guild_daily_tokens)
             ),

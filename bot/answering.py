@@ -63,29 +63,46 @@ class Answerer:
         messages: Messages,
         *,
         stop_button: ViewFactory = lambda _pressed: None,
+        on_model_done: Callable[[], None] = lambda: None,
     ) -> Outcome:
         """Ask the model and show its answer in `messages`.
 
         `stop_button(pressed)` builds the buttons for a message still being written;
         setting `pressed` stops the generation, keeping the text so far.
+        `on_model_done()` is called as soon as the model is done with this answer,
+        before the final edits, so its slot can serve the next ask.
+        If cancelled, the messages are closed with a note before the cancellation
+        propagates.
         """
         if self._stream:
-            return await self._stream_answer(prompt, messages, stop_button)
-        return await self._answer(prompt, messages)
+            return await self._stream_answer(prompt, messages, stop_button, on_model_done)
+        try:
+            return await self._answer(prompt, messages, on_model_done)
+        except asyncio.CancelledError:
+            await messages.finish([replies.RESTARTED_NOTE])
+            raise
 
-    async def _answer(self, prompt: str, reply: Messages) -> Outcome:
+    async def _answer(
+        self, prompt: str, reply: Messages, on_model_done: Callable[[], None]
+    ) -> Outcome:
         try:
             answer = await self._completer.complete(prompt)
         except llm.CompletionError as error:
+            on_model_done()
             await reply.finish([replies.error_message(error)])
             return Outcome(error.kind, "", None, None)
+        on_model_done()
         note = replies.TRUNCATED_NOTE if answer.truncated else None
         await reply.finish(final_parts(answer.text, note))
         kind = "truncated" if answer.truncated else "answered"
         return Outcome(kind, answer.text, answer.usage, asyncio.get_running_loop().time())
 
     async def _stream_answer(
-        self, prompt: str, reply: Messages, stop_button: ViewFactory
+        self,
+        prompt: str,
+        reply: Messages,
+        stop_button: ViewFactory,
+        on_model_done: Callable[[], None],
     ) -> Outcome:
         stop_pressed = asyncio.Event()
         live = LiveReply(
@@ -96,9 +113,14 @@ class Answerer:
         consumer = asyncio.create_task(self._consume(prompt, live, progress))
         stop_waiter = asyncio.create_task(stop_pressed.wait())
         try:
-            done, _ = await asyncio.wait(
-                {consumer, stop_waiter, renderer}, return_when=asyncio.FIRST_COMPLETED
-            )
+            try:
+                done, _ = await asyncio.wait(
+                    {consumer, stop_waiter, renderer}, return_when=asyncio.FIRST_COMPLETED
+                )
+            except asyncio.CancelledError:
+                consumer.cancel()
+                await live.close(final_parts(progress.text, replies.RESTARTED_NOTE), renderer)
+                raise
             if renderer in done:
                 renderer.result()  # only ends early by raising: Discord refused an edit
             stopped = consumer not in done
@@ -106,7 +128,8 @@ class Answerer:
                 consumer.cancel()  # closes the HTTP stream, which cancels the generation
                 with contextlib.suppress(asyncio.CancelledError):
                     await consumer
-            elif consumer.exception() is not None:
+            on_model_done()
+            if not stopped and consumer.exception() is not None:
                 # Unexpected: keep what was written, leave the apology to the tree.
                 await live.close(final_parts(progress.text), renderer)
                 consumer.result()

@@ -40,6 +40,7 @@ class FairUse:
     max_prompt_chars: int
     cooldown: limits.Cooldown | None
     gate: limits.AskGate
+    in_flight: limits.InFlight
     budgets: usage.DailyBudgets
     metrics: Metrics
 
@@ -77,6 +78,19 @@ class Ask(commands.Cog):
             self._log(interaction, "refused", received, None, None, None)
             return
         ticket = ticket_or_refusal
+        with self._fair.in_flight.track():
+            await self._handle(interaction, prompt, private, ticket, reply, received)
+
+    async def _handle(
+        self,
+        interaction: discord.Interaction,
+        prompt: str,
+        private: bool,
+        ticket: limits.Ticket,
+        reply: Reply,
+        received: float,
+    ) -> None:
+        loop = asyncio.get_running_loop()
         acked: float | None = None
         try:
             await interaction.response.defer(thinking=True, ephemeral=private)
@@ -95,15 +109,19 @@ class Ask(commands.Cog):
                         prompt,
                         reply,
                         stop_button=lambda pressed: StopButton(user_id, pressed.set),
+                        # The final edits need no model: free the slot for the next ask.
+                        on_model_done=ticket.cancel,
                     )
-                    # Still holding the slot: a shutdown waits for the gate to drain, and
-                    # must not close the usage store or the client before these are done.
-                    tokens = await self._record_usage(interaction, prompt, outcome)
-                    self._log(interaction, outcome.kind, received, acked, outcome, tokens)
             except limits.GateClosed:
                 await reply.finish([replies.RESTARTING])
                 self._log(interaction, "restarting", received, acked, None, None)
                 return
+            tokens = await self._record_usage(interaction, prompt, outcome)
+            self._log(interaction, outcome.kind, received, acked, outcome, tokens)
+        except asyncio.CancelledError:
+            # Shutdown ran out of grace; the answer has already been closed with a note.
+            self._log(interaction, "cancelled", received, acked, None, None)
+            raise
         except Exception:
             # Still one line (and one count) per ask; the tree logs the traceback.
             self._log(interaction, "error", received, acked, None, None)

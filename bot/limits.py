@@ -23,13 +23,15 @@ at any time, e.g. for metrics.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import math
 import time
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 __all__ = [
     "AskGate",
@@ -360,3 +362,44 @@ class AskGate:
     def _update_idle(self) -> None:
         if not self._running and not self._line:
             self._idle.set()
+
+
+class InFlight:
+    """The asks being handled right now, so a shutdown can wait for them, then end them.
+
+    An ask is tracked from its admission to its last message and log line, which is
+    longer than it holds a model slot: the answer's final edits come after the model
+    is done.
+    """
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    @contextlib.contextmanager
+    def track(self) -> Iterator[None]:
+        """Track the current task for the duration of the block."""
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("InFlight.track() needs a running task")
+        self._tasks.add(task)
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._tasks.discard(task)
+            if not self._tasks:
+                self._idle.set()
+
+    async def drained(self) -> None:
+        """Return once no ask is in flight."""
+        await self._idle.wait()
+
+    def cancel_all(self) -> None:
+        """Cancel every ask in flight; each ends its messages with a note as it unwinds."""
+        for task in self._tasks:
+            task.cancel()

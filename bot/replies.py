@@ -67,7 +67,7 @@ def _retry_hint(retry_after: float | None) -> str:
 
 
 def prompt_too_long(limit: int) -> str:
-    return f"Your prompt is too long: please keep it under {limit:,} characters."
+    return f"Your prompt is too long: please keep it to at most {limit:,} characters."
 
 
 def cooldown(retry_after: float) -> str:
@@ -76,6 +76,7 @@ def cooldown(retry_after: float) -> str:
 
 BUSY = "I'm answering a lot of questions right now. Please try again shortly."
 RESTARTING = "I'm restarting right now. Please try again in a minute."
+RESTARTED_NOTE = "*(I had to restart before finishing this answer. Please ask again.)*"
 
 
 def queue_position(place: int) -> str:

@@ -449,14 +449,19 @@ async def test_an_answer_outlasting_the_grace_does_not_hold_up_the_exit(
             fake_discord, fake_openai, tmp_path, {"SHUTDOWN_GRACE": "0.2"}
         ) as stack:
             gate = stack.model.gated_stream()
-            stack.send("Never mind")
+            asked = stack.send("Never mind")
             request = await gate.started()
 
             stack.stop.set()
 
             assert await stack.task == 0
-            await log.line(r"shutting down with 1 answer\(s\) unfinished after 0.2 s")
+            await log.line(r"shutting down: ending 1 unfinished answer")
             assert await request.finished() == "client_disconnected"
+        # The answer does not linger as "thinking…" or "still writing": it says why it ended.
+        (message,) = stack.messages_of(asked)
+        assert message.content == replies.RESTARTED_NOTE
+        assert not message.loading
+        assert not message.components
 
 
 @asynccontextmanager
