@@ -179,7 +179,8 @@ async def open_fair_use(settings: Settings) -> AsyncIterator[FairUse]:
 
 async def ask_in_terminal(settings: Settings, prompt: str | None) -> int:
     """Answer `prompt`, or every prompt read from stdin, printing the Discord messages."""
-    async with open_completer(settings) as completer:
+    # One prompt at a time: one slot of the built-in model is enough.
+    async with open_completer(settings, local_slots=1) as completer:
         terminal = Terminal(completer, settings, out=sys.stdout)
         if prompt is not None:
             return await terminal.answer(prompt)

@@ -122,8 +122,11 @@ def make_client(settings: Settings, *, base_url: str | None = None) -> openai.As
 
 
 @asynccontextmanager
-async def open_completer(settings: Settings) -> AsyncIterator[Completer]:
+async def open_completer(settings: Settings, *, local_slots: int = 4) -> AsyncIterator[Completer]:
     """The process's `Completer`, with its HTTP client (and built-in model) owned here.
+
+    `local_slots` is how many answers the built-in model writes at once; each slot
+    holds its own context memory.
 
     With no provider configured this starts the built-in local model first, which
     raises `bot.local_model.LocalModelError` when it cannot be served.
@@ -136,7 +139,9 @@ async def open_completer(settings: Settings) -> AsyncIterator[Completer]:
     # Imported here: a deployment that uses a provider never loads llama.cpp.
     from bot.local_model import LocalModelServer
 
-    async with LocalModelServer.start(model_path=settings.local_model_path) as server:
+    async with LocalModelServer.start(
+        model_path=settings.local_model_path, parallel=local_slots
+    ) as server:
         log.info(
             "No OPENAI_API_KEY or OPENAI_BASE_URL set: answering with the built-in model %s. "
             "It is tiny and for trying the bot out; set OPENAI_API_KEY (or OPENAI_BASE_URL "

@@ -92,17 +92,41 @@ async def test_errors_are_printed_as_the_user_would_see_them(server: FakeOpenAI)
     assert "empty answer" in output
 
 
-def run_cli(*args: str, env: dict[str, str], stdin: str = "") -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: dict[str, str], stdin: str = "", cwd: Path = ROOT / "tests"
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "bot", *args],
         input=stdin,
         capture_output=True,
         text=True,
         env={"PATH": os.environ["PATH"], **env},
-        cwd=ROOT / "tests",  # no .env here
+        cwd=cwd,  # tests/ has no .env
         timeout=120,
         check=False,
     )
+
+
+async def test_dotenv_is_read_from_the_working_directory_and_the_environment_wins(
+    server: FakeOpenAI, tmp_path: Path
+) -> None:
+    (tmp_path / ".env").write_text(
+        f"OPENAI_BASE_URL={server.base_url}\nOPENAI_MODEL=from-dotenv\nSYSTEM_PROMPT=Be terse.\n"
+    )
+    env = {"PYTHONPATH": str(ROOT), "OPENAI_MODEL": "from-environment"}
+    result = await asyncio.to_thread(run_cli, "ask", "hi", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    body = server.requests[0].json
+    assert body["model"] == "from-environment"
+    assert body["messages"][0] == {"role": "system", "content": "Be terse."}
+
+
+def test_a_bad_dotenv_value_is_reported_with_exit_status_2(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("OPENAI_TIMEOUT=soon\n")
+    result = run_cli("ask", "hi", env={"PYTHONPATH": str(ROOT)}, cwd=tmp_path)
+    assert result.returncode == 2
+    assert "OPENAI_TIMEOUT" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 async def test_cli_answers_without_a_discord_token(server: FakeOpenAI) -> None:
