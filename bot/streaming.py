@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 
 import discord
 
-from bot.chunking import settled_count, split_message
+from bot.chunking import MIN_LIMIT, settled_count, split_message
 from bot.formatting import MESSAGE_LIMIT, close_open_fence
 from bot.reply import Messages
 
@@ -80,6 +80,12 @@ class LiveReply:
             await self._render_progress(loop)
 
     async def _render_progress(self, loop: asyncio.AbstractEventLoop) -> None:
+        # Wait out the pace of the message edited first *before* reading the text, so
+        # the edit carries everything that arrived meanwhile rather than lagging behind.
+        await self._pace(self._sealed, loop)
+        if self._final is not None:
+            return  # the final render supersedes this progress edit
+        self._changed.clear()
         text = self._text
         parts = split_message(text, self._limit)
         if not parts:
@@ -106,18 +112,27 @@ class LiveReply:
         if index < self._reply.count:
             if self._reply.showing(index) == (content, view):
                 return
-            # One edit per message per interval keeps a streamed answer well inside
-            # Discord's per-route rate limits.
-            wait = self._last_edit.get(index, -math.inf) + self._interval - loop.time()
-            if wait > 0:
-                await asyncio.sleep(wait)
-                if live and self._final is not None:
-                    return  # the final render supersedes this progress edit
+            if await self._pace(index, loop) and live and self._final is not None:
+                return  # the final render supersedes this progress edit
             self.edits += 1
         await self._reply.show(index, content, view)
         self._last_edit[index] = loop.time()
         if self.first_shown_at is None:
             self.first_shown_at = self._last_edit[index]
+
+    async def _pace(self, index: int, loop: asyncio.AbstractEventLoop) -> bool:
+        """Wait until message `index` may be edited again; say whether that took a wait.
+
+        One edit per message per interval keeps a streamed answer well inside Discord's
+        per-route rate limits.
+        """
+        if index >= self._reply.count:
+            return False
+        wait = self._last_edit.get(index, -math.inf) + self._interval - loop.time()
+        if wait <= 0:
+            return False
+        await asyncio.sleep(wait)
+        return True
 
     def _view_for(self, index: int) -> discord.ui.View | None:
         if index not in self._views:
@@ -126,7 +141,11 @@ class LiveReply:
 
     def _live_text(self, part: str) -> str:
         """`part` as shown while it still grows: any open fence closed, then the marker."""
-        room = self._limit - len(WRITING_MARKER) - 8
-        if len(part) > room:
-            part = split_message(part, room)[0]
-        return close_open_fence(part) + WRITING_MARKER
+        room = self._limit - len(WRITING_MARKER)
+        shown = close_open_fence(part)
+        while len(shown) > room and len(part) > MIN_LIMIT:
+            # Cut early enough to leave room for the closing fence this adds.
+            part = split_message(part, max(MIN_LIMIT, len(part) - (len(shown) - room)))[0]
+            shown = close_open_fence(part)
+        # Only an absurdly long fence run gets here; a plain cut still fits the message.
+        return shown[:room] + WRITING_MARKER
