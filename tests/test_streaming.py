@@ -1,0 +1,156 @@
+"""`LiveReply` on its own: what each message shows while an answer grows, whatever the text."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import discord
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bot.chunking import split_message
+from bot.formatting import final_parts
+from bot.streaming import WRITING_MARKER, LiveReply
+
+LIMIT = 200
+
+
+@dataclass
+class Shown:
+    index: int
+    content: str
+    view: discord.ui.View | None
+
+
+@dataclass
+class Recorder:
+    """A `Messages` that checks Discord's limit and records every create and edit."""
+
+    limit: int = LIMIT
+    shown: list[tuple[str, discord.ui.View | None]] = field(default_factory=list)
+    writes: list[Shown] = field(default_factory=list)
+    finished: list[str] | None = None
+
+    @property
+    def count(self) -> int:
+        return len(self.shown)
+
+    def showing(self, index: int) -> tuple[str, discord.ui.View | None]:
+        return self.shown[index]
+
+    async def show(self, index: int, content: str, view: discord.ui.View | None = None) -> None:
+        assert 0 < len(content) <= self.limit, content
+        assert index <= len(self.shown)
+        if index == len(self.shown):
+            self.shown.append((content, view))
+        else:
+            self.shown[index] = (content, view)
+        self.writes.append(Shown(index, content, view))
+
+    async def finish(self, parts: Sequence[str]) -> None:
+        self.finished = list(parts)
+        for index, part in enumerate(parts):
+            if index == len(self.shown) or self.shown[index] != (part, None):
+                await self.show(index, part)
+        assert len(self.shown) == len(parts)
+
+
+class Marker(discord.ui.View):
+    """Stands for the Stop button; never sent anywhere."""
+
+
+async def stream(text: str, cuts: Sequence[int], *, note: str | None = None) -> Recorder:
+    """Feed `text` to a `LiveReply` in pieces ending at `cuts`, letting it render between."""
+    views: list[discord.ui.View] = []
+
+    def view() -> discord.ui.View:
+        views.append(Marker(timeout=None))
+        return views[-1]
+
+    recorder = Recorder()
+    live = LiveReply(recorder, interval=0.0, view_factory=view, limit=LIMIT)
+    renderer = asyncio.create_task(live.run())
+    for end in [*sorted(set(cuts)), len(text)]:
+        live.update(text[:end])
+        for _ in range(3):
+            await asyncio.sleep(0)  # the renderer runs between pieces, as with a network
+    await live.close(final_parts(text, note, LIMIT), renderer)
+    return recorder
+
+
+def check(recorder: Recorder, final: list[str]) -> None:
+    """Sealed messages are written once and kept; live ones carry the marker and a view."""
+    assert recorder.shown == [(part, None) for part in final]
+    sealed: set[int] = set()
+    for write in recorder.writes:
+        assert write.index not in sealed, f"message {write.index} written after sealing"
+        if write.content.endswith(WRITING_MARKER):
+            assert write.view is not None
+            assert all(index < write.index for index in sealed)
+        else:
+            assert write.view is None
+            assert write.content == final[write.index]
+            sealed.add(write.index)
+    assert sealed == set(range(len(final)))
+
+
+WORDS = st.sampled_from(
+    ["word", "longerword", " ", "\n", "\n\n", "```", "```python\n", "~~~", "> ", ">>> ", "."]
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    words=st.lists(WORDS, min_size=1, max_size=300),
+    cuts=st.lists(st.integers(min_value=0, max_value=1500), max_size=30),
+)
+async def test_streamed_messages_end_as_the_split_answer(words: list[str], cuts: list[int]) -> None:
+    text = "".join(words)
+    if not text.strip():
+        return
+    recorder = await stream(text, [cut for cut in cuts if cut < len(text)])
+    check(recorder, split_message(text, LIMIT))
+
+
+@settings(max_examples=50, deadline=None)
+@given(words=st.lists(WORDS, min_size=1, max_size=200), cut=st.integers(min_value=1))
+async def test_an_answer_cut_short_keeps_its_settled_messages(words: list[str], cut: int) -> None:
+    text = "".join(words)
+    if not text.strip():
+        return
+    recorder = await stream(text, range(0, len(text), 1 + cut % 40), note="*(Stopped.)*")
+    final = final_parts(text, "*(Stopped.)*", LIMIT)
+    check(recorder, final)
+    assert final[-1].endswith("*(Stopped.)*")
+
+
+async def test_growing_message_closes_an_open_fence_before_the_marker() -> None:
+    text = "Here:\n\n```python\nprint('hi')\n"
+    recorder = await stream(text, [len(text) - 1])
+    live = [write.content for write in recorder.writes if write.view is not None]
+    assert live
+    assert all(content.endswith(f"\n```{WRITING_MARKER}") for content in live)
+
+
+async def test_growing_message_with_a_long_fence_run_still_fits() -> None:
+    # A ten-backtick fence left open: closing it while the message grows takes 11 characters.
+    text = "``````````text\n" + "line of code\n" * 40
+    recorder = await stream(text, range(len(text)))
+    check(recorder, split_message(text, LIMIT))
+
+
+async def test_text_arriving_together_is_shown_in_one_write() -> None:
+    recorder = Recorder()
+    live = LiveReply(recorder, interval=0.0, limit=LIMIT)
+    renderer = asyncio.create_task(live.run())
+    for text in ["one", "one two", "one two three"]:
+        live.update(text)
+    for _ in range(3):
+        await asyncio.sleep(0)
+    await live.close(["one two three"], renderer)
+    assert [write.content for write in recorder.writes] == [
+        "one two three" + WRITING_MARKER,
+        "one two three",
+    ]
