@@ -111,6 +111,20 @@ def settled_count(text: str, limit: int = 2000) -> int:
     return settled
 
 
+def close_open_fence(text: str, limit: int = 2000) -> str:
+    """`text` with a closing fence added when it ends inside a fenced code block.
+
+    A cut-off, interrupted or still-growing answer often does; closed, the code renders as
+    code and whatever follows renders as text. Fences are read as `split_message(text,
+    limit)` reads them.
+    """
+    fences = _parse(text, limit).fences
+    if not fences or fences[-1].close != _NEVER:
+        return text
+    separator = "" if text.endswith("\n") else "\n"
+    return f"{text}{separator}{fences[-1].run}"
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class _Fence:
     """A fenced code block. Its code starts on the line after `body`."""

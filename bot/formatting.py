@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bot.chunking import split_message
+from bot.chunking import close_open_fence, split_message
 
 MESSAGE_LIMIT = 2000
 
@@ -19,22 +19,3 @@ def final_parts(text: str, note: str | None = None, limit: int = MESSAGE_LIMIT) 
     if not text.strip():
         return split_message(note, limit)
     return split_message(f"{close_open_fence(text)}\n\n{note}", limit)
-
-
-def close_open_fence(text: str) -> str:
-    """Close a fenced code block the model left open (a cut-off answer often does)."""
-    fence: str | None = None
-    for line in text.splitlines():
-        stripped = line.lstrip()
-        marker = stripped[:3]
-        if marker not in ("```", "~~~"):
-            continue
-        run = len(stripped) - len(stripped.lstrip(marker[0]))
-        if fence is None:
-            fence = marker[0] * run
-        elif stripped.startswith(fence) and not stripped[run:].strip():
-            fence = None
-    if fence is None:
-        return text
-    separator = "" if text.endswith("\n") else "\n"
-    return f"{text}{separator}{fence}"

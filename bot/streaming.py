@@ -24,8 +24,8 @@ from collections.abc import Callable, Sequence
 
 import discord
 
-from bot.chunking import MIN_LIMIT, settled_count, split_message
-from bot.formatting import MESSAGE_LIMIT, close_open_fence
+from bot.chunking import MIN_LIMIT, close_open_fence, settled_count, split_message
+from bot.formatting import MESSAGE_LIMIT
 from bot.reply import Messages
 
 log = logging.getLogger(__name__)

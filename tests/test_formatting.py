@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bot.formatting import close_open_fence, final_parts
+from bot.chunking import close_open_fence
+from bot.formatting import final_parts
 
 
 @pytest.mark.parametrize(
