@@ -77,7 +77,7 @@ class Bot:
 
 @asynccontextmanager
 async def launched(
-    discord_fake: FakeDiscord, settings: Mapping[str, str], cwd: Path
+    discord_fake: FakeDiscord, settings: Mapping[str, str], cwd: Path, *args: str
 ) -> AsyncIterator[Bot]:
     """The bot in its own process with exactly `settings` as its configuration."""
     env = {
@@ -91,6 +91,7 @@ async def launched(
         sys.executable,
         "-m",
         "tests.fakes.launch",
+        *args,
         cwd=cwd,
         env=env,
         stdout=asyncio.subprocess.PIPE,
@@ -127,6 +128,23 @@ async def connected(discord_fake: FakeDiscord) -> None:
             and discord_fake.gateway.readies_sent > 0
         )
     )
+
+
+async def test_sync_registers_the_commands_for_every_server_then_exits(
+    fake_discord: FakeDiscord, fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    settings = settings_for(fake_discord, fake_openai, tmp_path)
+    async with launched(fake_discord, settings, tmp_path, "sync") as bot:
+        status = await bot.exit_status()
+
+    assert status == EXIT_OK, bot.output
+    assert sorted(str(command["name"]) for command in fake_discord.commands()) == ["ask", "usage"]
+    # An explicit global sync does not also touch the development server's commands,
+    # and needs no gateway connection.
+    assert fake_discord.commands(fake_discord.guild_id) == []
+    assert fake_discord.gateway.readies_sent == 0
+    assert "synced 2 command(s) globally" in bot.output
+    assert not fake_openai.requests
 
 
 async def test_a_rejected_token_exits_1_with_one_clear_line(
