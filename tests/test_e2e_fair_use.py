@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
-import signal
-import sys
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,7 +23,7 @@ from bot.usage import SqliteUsageStore, utc_day
 from tests.fakes.discord import FakeDiscord, InteractionHandle, User
 from tests.fakes.openai_server import FakeOpenAI, StreamReply, Usage
 from tests.fakes.openai_server import Reply as ModelReply
-from tests.stack import WAIT, Asked, Stack, run_stack, stack_settings
+from tests.stack import WAIT, Asked, Stack, run_stack
 
 # Interaction callback types, as Discord numbers them.
 CHANNEL_MESSAGE = 4
@@ -462,96 +459,3 @@ async def test_an_answer_outlasting_the_grace_does_not_hold_up_the_exit(
         assert message.content == replies.RESTARTED_NOTE
         assert not message.loading
         assert not message.components
-
-
-@asynccontextmanager
-async def bot_process(
-    discord: FakeDiscord, model: FakeOpenAI, data: Path
-) -> AsyncIterator[tuple[asyncio.subprocess.Process, LineReader]]:
-    """`python -m bot`, unmodified, in its own process against the fakes."""
-    env = {
-        **os.environ,
-        **stack_settings(discord, model, data, {"SHUTDOWN_GRACE": "60"}),
-        **discord.env(),
-    }
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tests.fakes.launch",
-        cwd=REPO,
-        env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    assert process.stdout is not None
-    reader = LineReader(process.stdout)
-    try:
-        yield process, reader
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-        await reader.close()
-
-
-class LineReader:
-    """Reads a process's output line by line in the background; a test waits for a line."""
-
-    def __init__(self, stream: asyncio.StreamReader) -> None:
-        self.lines: list[str] = []
-        self._changed = asyncio.Event()
-        self._task = asyncio.create_task(self._read(stream))
-
-    async def _read(self, stream: asyncio.StreamReader) -> None:
-        async for raw in stream:
-            self.lines.append(raw.decode(errors="replace").rstrip("\n"))
-            self._changed.set()
-        self._changed.set()
-
-    async def line(self, pattern: str) -> re.Match[str]:
-        compiled = re.compile(pattern)
-        async with asyncio.timeout(WAIT):
-            while True:
-                for line in self.lines:
-                    match = compiled.search(line)
-                    if match:
-                        return match
-                if self._task.done():
-                    raise AssertionError(f"no line matched {pattern!r}:\n" + "\n".join(self.lines))
-                self._changed.clear()
-                await self._changed.wait()
-
-    async def close(self) -> None:
-        await self._task
-
-
-async def test_sigterm_lets_a_streamed_answer_finish_then_exits_0(
-    fake_discord: FakeDiscord, fake_openai: FakeOpenAI, tmp_path: Path
-) -> None:
-    async with bot_process(fake_discord, fake_openai, tmp_path) as (process, output):
-        await fake_discord.wait_for(
-            lambda: (
-                bool(fake_discord.commands(fake_discord.guild_id))
-                and fake_discord.gateway.readies_sent > 0
-            )
-        )
-        gate = fake_openai.gated_stream()
-        handle = fake_discord.dispatch_interaction("ask", {"prompt": "Count to three"})
-        await gate.started()
-        await gate.send("One,")
-        await fake_discord.wait_for(lambda: any("One," in m.content for m in handle.messages()))
-
-        process.send_signal(signal.SIGTERM)
-        await output.line(r"shutting down: finishing 1 answer")
-        await gate.send(" two,")
-        await gate.send(" three.")
-        await gate.finish()
-
-        async with asyncio.timeout(WAIT):
-            status = await process.wait()
-        assert status == 0, "\n".join(output.lines)
-        await output.line(rf"ask interaction={handle.id} .*outcome=answered")
-
-    assert [m.content for m in handle.messages()] == ["One, two, three."]
-    assert not any(m.loading or m.components for m in handle.messages())

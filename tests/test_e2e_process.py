@@ -201,6 +201,8 @@ async def test_sigterm_lets_the_answer_in_flight_finish(
         await connected(fake_discord)
         in_flight = fake_discord.dispatch_interaction("ask", {"prompt": "A long question"})
         await gate.started()
+        await gate.send("Here is")
+        await fake_discord.wait_for(lambda: "Here is" in in_flight.messages()[0].content)
 
         bot.stop()
         await bot.logged("shutting down: finishing 1 answer(s)")
@@ -208,12 +210,14 @@ async def test_sigterm_lets_the_answer_in_flight_finish(
             "ask", {"prompt": "Another one"}, user=fake_discord.users[1]
         )
         turned_away = await latecomer.answered()
-        await gate.send("Here is the whole answer.")
+        await gate.send(" the whole answer.")
         await gate.finish()
         status = await bot.exit_status()
 
     assert status == EXIT_OK
+    # The streamed answer was finished: all of it, without the marker or the Stop button.
     assert [message.content for message in in_flight.messages()] == ["Here is the whole answer."]
+    assert not any(m.loading or m.components for m in in_flight.messages())
     assert turned_away is not None
     assert turned_away.content == replies.RESTARTING
     assert turned_away.ephemeral
