@@ -308,6 +308,13 @@ async def _launch(
     params.cpuparams.poll = 0
     params.cpuparams_batch.poll = 0
     params.verbosity = _LLAMA_LOG_ERRORS_ONLY
+    # A 135M model loops on its own phrases at llama.cpp's general-purpose defaults;
+    # SmolLM2's card suggests a low temperature, and a mild repeat penalty and DRY
+    # sampling keep it from repeating itself. A request's own values still win.
+    params.sampling.temp = 0.2
+    params.sampling.top_p = 0.9
+    params.sampling.penalty_repeat = 1.1
+    params.sampling.dry_multiplier = 0.8
 
     handoff = _Handoff()
 
