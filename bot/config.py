@@ -100,7 +100,8 @@ def load_settings(env: Mapping[str, str], *, require_discord: bool = True) -> Se
     if token is None and require_discord:
         reader.problems.append(
             "DISCORD_TOKEN is required: the bot token from the Discord developer portal "
-            "(Applications > your app > Bot > Reset Token)."
+            "(Applications > your app > Bot > Reset Token). To try the bot without "
+            'Discord, run: python -m bot ask "your question"'
         )
     api_key = reader.secret("OPENAI_API_KEY")
     base_url = reader.text("OPENAI_BASE_URL")
