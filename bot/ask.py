@@ -33,6 +33,14 @@ PROMPT_OVERHEAD_TOKENS = 30
 
 
 @dataclass(frozen=True)
+class TurnedAway:
+    """An ask refused before any model call: `kind` for logs and metrics, `sentence` to show."""
+
+    kind: str
+    sentence: str
+
+
+@dataclass(frozen=True)
 class FairUse:
     """Everything an ask is checked against; built and owned by the entry point."""
 
@@ -72,12 +80,11 @@ class Ask(commands.Cog):
         async def show_place(place: int) -> None:
             await reply.show(0, replies.queue_position(place))
 
-        ticket_or_refusal = self._admit(interaction, prompt, show_place)
-        if isinstance(ticket_or_refusal, str):
-            await interaction.response.send_message(ticket_or_refusal, ephemeral=True)
-            self._log(interaction, "refused", received, None, None, None)
+        ticket = self._admit(interaction, prompt, show_place)
+        if isinstance(ticket, TurnedAway):
+            await interaction.response.send_message(ticket.sentence, ephemeral=True)
+            self._log(interaction, ticket.kind, received, None, None, None)
             return
-        ticket = ticket_or_refusal
         with self._fair.in_flight.track():
             await self._handle(interaction, prompt, private, ticket, reply, received)
 
@@ -141,8 +148,8 @@ class Ask(commands.Cog):
         interaction: discord.Interaction,
         prompt: str,
         on_position: limits.PositionCallback,
-    ) -> limits.Ticket | str:
-        """A ticket for the model gate, or the sentence refusing the ask.
+    ) -> limits.Ticket | TurnedAway:
+        """A ticket for the model gate, or why the ask is turned away.
 
         Synchronous on purpose: no other ask can slip in between the cooldown check
         and its record.
@@ -154,21 +161,23 @@ class Ask(commands.Cog):
         )
         refusal = access.refusal(self._fair.rules, origin)
         if refusal is not None:
-            return refusal
+            return TurnedAway("not_allowed", refusal)
         if not prompt.strip():
-            return replies.EMPTY_PROMPT
+            return TurnedAway("empty_prompt", replies.EMPTY_PROMPT)
         if len(prompt) > self._fair.max_prompt_chars:
-            return replies.prompt_too_long(self._fair.max_prompt_chars)
+            return TurnedAway(
+                "prompt_too_long", replies.prompt_too_long(self._fair.max_prompt_chars)
+            )
         cooldown = self._fair.cooldown
         if cooldown is not None:
             wait = cooldown.retry_after(interaction.user.id)
             if wait is not None:
-                return replies.cooldown(wait)
+                return TurnedAway("cooldown", replies.cooldown(wait))
         ticket = self._fair.gate.try_enter(on_position)
         if ticket is limits.Refusal.BUSY:
-            return replies.BUSY
+            return TurnedAway("busy", replies.BUSY)
         if ticket is limits.Refusal.CLOSING:
-            return replies.RESTARTING
+            return TurnedAway("restarting", replies.RESTARTING)
         assert isinstance(ticket, limits.Ticket)
         if cooldown is not None:
             cooldown.check_and_record(interaction.user.id)

@@ -178,7 +178,7 @@ def test_an_ask_in_a_channel_counts_as_from_that_channel() -> None:
 
 def refusal_shown(asked: Asked) -> str:
     """The sentence an ask was refused with, checking only the asker could see it."""
-    assert asked.outcome == "refused"
+    assert asked.outcome == "not_allowed"
     [message] = asked.messages
     assert message.ephemeral
     assert message.visible_to == asked.handle.interaction.user.id
@@ -304,7 +304,7 @@ async def test_a_dm_that_reaches_the_bot_anyway_is_refused(
         handle = fake.dispatch_interaction("ask", {"prompt": "Psst"}, dm=True)
         asked = await stack.finished(handle)
 
-        assert asked.outcome == "refused"
+        assert asked.outcome == "not_allowed"
         dm = fake.transcript(fake.dm_channel_id(), viewer=fake.user)
         assert [m.content for m in dm if m.interaction_id == handle.id] == [access.NOT_IN_DMS]
         assert all(m.ephemeral for m in dm)

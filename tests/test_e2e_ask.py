@@ -170,9 +170,9 @@ async def test_a_whole_session_keeps_to_discords_api_description(
         "answered",
         "answered",
         "rate_limited",
-        "refused",
+        "refused",  # by the model
         "truncated",
-        "refused",  # the blank prompt, turned away by the bot itself
+        "empty_prompt",  # turned away by the bot itself
         "answered",
     ]
     assert fake_discord.spec_violations == []
@@ -561,7 +561,7 @@ async def test_a_blank_prompt_gets_a_private_hint_and_no_model_call(
 ) -> None:
     asked = await plain.ask(prompt)
 
-    assert asked.outcome == "refused"
+    assert asked.outcome == "empty_prompt"
     assert asked.handle.callback_type == CHANNEL_MESSAGE
     [hint] = asked.messages
     assert hint.content == replies.EMPTY_PROMPT

@@ -135,7 +135,7 @@ async def test_metrics_after_some_asks(
     async with run_stack(fake_discord, fake_openai, tmp_path, settings) as stack:
         stack.model.script(ModelReply("Four.", usage=Usage(prompt_tokens=40, completion_tokens=9)))
         assert (await stack.ask("What is two plus two?")).outcome == "answered"
-        assert (await stack.ask("x" * 101)).outcome == "refused"
+        assert (await stack.ask("x" * 101)).outcome == "prompt_too_long"
 
         # One ask holding the only slot and one waiting for it.
         gate = stack.model.gated_stream()
@@ -164,7 +164,7 @@ async def test_metrics_after_some_asks(
     assert value(after, "bot_queue_depth") == 0
 
     assert value(after, "bot_asks_total", outcome="answered") == 3
-    assert value(after, "bot_asks_total", outcome="refused") == 1
+    assert value(after, "bot_asks_total", outcome="prompt_too_long") == 1
     # Only accepted asks are acknowledged with a defer; every ask has a done time, and
     # those that showed text a first-text time.
     assert value(after, "bot_ack_seconds_count") == 3
