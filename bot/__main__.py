@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import signal
+import sqlite3
 import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -44,6 +45,10 @@ EXIT_CONFIG = 2
 CLOSING_TIMEOUT = 5.0
 
 
+class StartupError(Exception):
+    """Something the operator must fix before the bot can start; the message says what."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     # Real environment variables win over the .env file. The file is the working
@@ -65,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "ask":
             return asyncio.run(ask_in_terminal(settings, args.prompt))
         return asyncio.run(run_bot(settings))
-    except LocalModelError as error:
+    except (LocalModelError, StartupError) as error:
         log.error("%s", error)
         return EXIT_FAILURE
     except KeyboardInterrupt:
@@ -147,7 +152,12 @@ async def _drain(fair_use: FairUse, grace: float) -> None:
 @asynccontextmanager
 async def open_fair_use(settings: Settings) -> AsyncIterator[FairUse]:
     """The limits, usage store and metrics of this process, closed on exit."""
-    store = await SqliteUsageStore.open(settings.data_path)
+    try:
+        store = await SqliteUsageStore.open(settings.data_path)
+    except (OSError, sqlite3.Error) as error:
+        raise StartupError(
+            f"cannot open the usage database in DATA_PATH={settings.data_path}: {error}"
+        ) from error
     metrics = Metrics()
     gate = AskGate(settings.max_concurrent_asks, settings.max_queued_asks)
     metrics.track_gate(lambda: gate.running, lambda: gate.queued)

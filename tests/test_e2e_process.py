@@ -178,6 +178,23 @@ async def test_missing_or_malformed_settings_exit_2_naming_each(
     assert fake_discord.calls == [], "nothing was attempted with a broken configuration"
 
 
+async def test_an_unusable_data_path_exits_1_with_one_clear_line(
+    fake_discord: FakeDiscord, fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    settings = settings_for(fake_discord, fake_openai, tmp_path, DATA_PATH=str(blocker))
+    async with launched(fake_discord, settings, tmp_path) as bot:
+        status = await bot.exit_status()
+
+    assert status == EXIT_FAILURE
+    errors = [line for line in bot.lines if " ERROR " in line]
+    assert len(errors) == 1, bot.output
+    assert "DATA_PATH" in errors[0]
+    assert "Traceback" not in bot.output
+    assert fake_discord.calls == [], "nothing was attempted without a usage database"
+
+
 async def test_sigterm_while_connected_exits_0(
     fake_discord: FakeDiscord, fake_openai: FakeOpenAI, tmp_path: Path
 ) -> None:
