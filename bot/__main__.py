@@ -164,7 +164,13 @@ async def open_fair_use(settings: Settings) -> AsyncIterator[FairUse]:
     stop_metrics = None
     try:
         if settings.metrics_port is not None:
-            stop_metrics = metrics.serve(settings.metrics_port, settings.metrics_host)
+            try:
+                stop_metrics = metrics.serve(settings.metrics_port, settings.metrics_host)
+            except OSError as error:
+                raise StartupError(
+                    f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port} "
+                    f"(METRICS_HOST, METRICS_PORT): {error}"
+                ) from error
         yield FairUse(
             rules=AccessRules(
                 guild_ids=settings.allowed_guild_ids,

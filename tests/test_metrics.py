@@ -17,6 +17,8 @@ from aiohttp import web
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
+from bot.__main__ import StartupError, open_fair_use
+from bot.config import load_settings
 from bot.metrics import Metrics
 from tests.fakes.discord import FakeDiscord, RateLimits, point_discord_py_at
 from tests.fakes.openai_server import FakeOpenAI, Usage
@@ -191,3 +193,21 @@ async def test_metrics_count_discords_429s(fake_openai: FakeOpenAI, tmp_path: Pa
 
     assert fake.rate_limited >= 1
     assert value(samples, "bot_discord_rate_limited_total") == fake.rate_limited
+
+
+async def test_a_busy_metrics_port_is_a_clear_startup_error(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        settings = load_settings(
+            {
+                "DISCORD_TOKEN": "t",
+                "OPENAI_API_KEY": "k",
+                "DATA_PATH": str(tmp_path),
+                "METRICS_PORT": str(port),
+            }
+        )
+        with pytest.raises(StartupError, match="METRICS_PORT"):
+            async with open_fair_use(settings):
+                pass
