@@ -54,8 +54,8 @@ def split_message(text: str, limit: int = 2000) -> list[str]:
     - a fenced code block (```, ~~~ or longer runs) cut between two messages is closed at the
       end of the first by a newline and its fence run, and reopened at the start of the second
       by its opening line exactly as written (for example "```python") and a newline; the
-      fences count against `limit`. A fence the answer leaves open stays open in the last
-      message, as written;
+      fences count against `limit`. A code block the answer leaves open (a cut-off answer
+      often does) is closed the same way at the end of the last message;
     - once a `>>> ` block quote has started (outside code), every later message starts with
       `>>> `; a `> ` quote line cut in its middle continues with `> `.
 
@@ -292,8 +292,11 @@ def _plan(text: str, limit: int) -> list[_Part]:
     start = document.next_start(0)
     while start < document.visible_end:
         prefix = document.prefix_at(start)
-        if len(prefix) + document.visible_end - start <= limit:
-            parts.append(_Part(start, document.visible_end, prefix, ""))
+        # A code block the answer leaves open is closed in its last message too, so that
+        # message renders as code like every other.
+        suffix = document.suffix_at(document.visible_end)
+        if len(prefix) + document.visible_end - start + len(suffix) <= limit:
+            parts.append(_Part(start, document.visible_end, prefix, suffix))
             break
         end = _cut(document, start, prefix)
         parts.append(_Part(start, end, prefix, document.suffix_at(end)))

@@ -377,13 +377,26 @@ def test_other_fences_are_reopened_and_closed_with_their_own_run(opener: str) ->
     assert all(part.endswith(f"\n{run}") for part in parts)
 
 
-def test_an_unclosed_code_block_is_left_open_in_the_last_message() -> None:
+def test_an_unclosed_code_block_is_closed_in_the_last_message_too() -> None:
     text = "```js\n" + "\n".join(f"console.log({i});" for i in range(300))
     parts = split_message(text)
     assert len(parts) >= 2
-    assert all(part.endswith("\n```") for part in parts[:-1])
+    assert all(part.endswith("\n```") for part in parts)
     assert parts[-1].startswith("```js\n")
-    assert parts[-1].endswith("console.log(299);")
+    assert parts[-1].endswith("console.log(299);\n```")
+
+
+def test_a_short_unclosed_code_block_is_closed() -> None:
+    assert split_message("Try:\n```python\nprint(1)") == ["Try:\n```python\nprint(1)\n```"]
+
+
+def test_the_closing_of_an_unclosed_block_counts_against_the_limit() -> None:
+    code = "\n".join(f"line {i:04}" for i in range(1000))
+    text = f"```\n{code}"[:2000]
+    parts = split_message(text)
+    assert len(parts) == 2
+    assert all(len(part) <= 2000 for part in parts)
+    assert all(part.endswith("\n```") for part in parts)
 
 
 def test_no_message_is_an_empty_code_block() -> None:
