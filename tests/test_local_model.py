@@ -186,6 +186,7 @@ class _FakeLlamaCpp:
             model=types.SimpleNamespace(),
             cpuparams=types.SimpleNamespace(),
             cpuparams_batch=types.SimpleNamespace(),
+            sampling=types.SimpleNamespace(),
         )
         module.Server = Server  # type: ignore[attr-defined]
         return module
