@@ -1,6 +1,7 @@
-"""Fair-use limits held in memory: a per-user cooldown and a gate on concurrent model calls.
+"""Fair-use limits held in memory: a per-user cooldown, a gate on concurrent model calls,
+and the count of asks in flight.
 
-Both are plain objects for one event loop. Every decision is taken synchronously, with
+All are plain objects for one event loop. Every decision is taken synchronously, with
 no `await` between looking at the state and changing it, so two asks racing on the same
 loop can never both take the last place.
 
@@ -18,6 +19,9 @@ loop can never both take the last place.
 
 `ticket.position` (1-based while waiting) and `gate.running` / `gate.queued` can be read
 at any time, e.g. for metrics.
+`InFlight`
+    The asks being handled, from admission to their last message, for a shutdown to wait
+    on (a slot is given back earlier, as soon as the model is done).
 """
 
 from __future__ import annotations
