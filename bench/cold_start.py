@@ -53,10 +53,10 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(ROOT))
 
 from bench.local_model import ANSWER_TOKENS, PROMPT, _answer  # noqa: E402
-from bot.local_model import LocalModelServer  # noqa: E402
+from bot.model.local_model import LocalModelServer  # noqa: E402
 from bot.terminal import RULE  # noqa: E402
 
-# bot.llm logs this once the built-in model answers /health, just before the prompt is sent.
+# bot.model.llm logs this once the built-in model answers /health, just before the prompt is sent.
 MODEL_READY = b"answering with the built-in model"
 PROVIDER_SETTINGS = ("OPENAI_API_KEY", "OPENAI_BASE_URL")
 KIB = 1024  # ru_maxrss is in KiB on Linux

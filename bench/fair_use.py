@@ -53,8 +53,9 @@ from bench.limits import (  # noqa: E402
     user_of,
 )
 from bot import access  # noqa: E402
-from bot.limits import AskGate, Cooldown, parse_cooldown  # noqa: E402
-from bot.usage import Budget, DailyBudgets, SqliteUsageStore  # noqa: E402
+from bot.fair_use.budgets import Budget, DailyBudgets  # noqa: E402
+from bot.fair_use.limits import AskGate, Cooldown, parse_cooldown  # noqa: E402
+from bot.store.sqlite import SqliteUsageStore  # noqa: E402
 from tests.fakes.discord import FakeDiscord, point_discord_py_at  # noqa: E402
 from tests.fakes.openai_server import (  # noqa: E402
     Delay,

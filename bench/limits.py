@@ -16,8 +16,9 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from bot.limits import AskGate, Cooldown, Ticket, parse_cooldown
-from bot.usage import Budget, DailyBudgets, SqliteUsageStore, Totals
+from bot.fair_use.budgets import Budget, DailyBudgets, Totals
+from bot.fair_use.limits import AskGate, Cooldown, Ticket, parse_cooldown
+from bot.store.sqlite import SqliteUsageStore
 
 ASKS = 5000
 USERS = 500

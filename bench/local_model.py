@@ -18,7 +18,7 @@ from pathlib import Path
 
 import openai
 
-from bot.local_model import LocalModelServer
+from bot.model.local_model import LocalModelServer
 
 PROMPT = "Explain in a short paragraph why the sky is blue."
 ANSWER_TOKENS = 100

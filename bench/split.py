@@ -15,7 +15,7 @@ import statistics
 import time
 from collections.abc import Callable
 
-from bot.chunking import settled_count, split_message
+from bot.answers.chunking import settled_count, split_message
 
 LIMIT = 2000
 TARGET = 100_000

@@ -45,7 +45,7 @@ if __package__ in (None, ""):
     # Run as a script: the fakes live in the repository's `tests` package.
     sys.path.insert(0, str(ROOT))
 
-from bot.formatting import final_parts  # noqa: E402
+from bot.answers.formatting import final_parts  # noqa: E402
 from tests.fakes.discord import (  # noqa: E402
     Call,
     FakeDiscord,

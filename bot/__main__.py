@@ -25,16 +25,17 @@ from typing import TextIO
 import discord
 from dotenv import load_dotenv
 
-from bot.access import AccessRules
-from bot.ask import FairUse
-from bot.client import AskBot
 from bot.config import ConfigError, Settings, load_settings
-from bot.limits import AskGate, Cooldown, InFlight
-from bot.llm import Completer, make_client, open_completer
-from bot.local_model import LocalModelError
+from bot.discord_app.ask import FairUse
+from bot.discord_app.client import AskBot
+from bot.fair_use.access import AccessRules
+from bot.fair_use.budgets import Budget, DailyBudgets
+from bot.fair_use.limits import AskGate, Cooldown, InFlight
 from bot.metrics import Metrics
+from bot.model.llm import Completer, make_client, open_completer
+from bot.model.local_model import LocalModelError
+from bot.store.sqlite import SqliteUsageStore
 from bot.terminal import Terminal
-from bot.usage import Budget, DailyBudgets, SqliteUsageStore
 
 log = logging.getLogger("bot")
 

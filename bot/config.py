@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from bot.limits import CooldownSpec, parse_cooldown
+from bot.fair_use.limits import CooldownSpec, parse_cooldown
 
 DEFAULT_MODEL = "gpt-4o-mini"
 DEFAULT_SYSTEM_PROMPT = (

@@ -14,10 +14,10 @@ from typing import TextIO
 
 import discord
 
-from bot.answering import Answerer
+from bot.answers.answering import Answerer
+from bot.answers.streaming import WRITING_MARKER
 from bot.config import Settings
-from bot.llm import Completer
-from bot.streaming import WRITING_MARKER
+from bot.model.llm import Completer
 
 RULE = "\N{BOX DRAWINGS LIGHT HORIZONTAL}" * 3
 EMPTY_PROMPT = 'Please give a prompt, for example: python -m bot ask "What is a monad?"'

@@ -15,9 +15,9 @@ from typing import Any
 import discord
 import pytest
 
-from bot import access
-from bot.access import AccessRules, Origin
-from bot.ask import _parent_channel_id
+from bot.discord_app.ask import _parent_channel_id
+from bot.fair_use import access
+from bot.fair_use.access import AccessRules, Origin
 from tests.fakes.discord import FakeDiscord, InteractionHandle, User, point_discord_py_at
 from tests.fakes.openai_server import FakeOpenAI
 from tests.stack import Asked, Stack, run_stack

@@ -12,7 +12,7 @@ import regex
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.chunking import MIN_LIMIT, settled_count, split_message
+from bot.answers.chunking import MIN_LIMIT, settled_count, split_message
 
 FAMILY = "\U0001f468\u200d\U0001f469\u200d\U0001f467\u200d\U0001f466"
 FLAG_FR = "\U0001f1eb\U0001f1f7"

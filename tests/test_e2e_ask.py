@@ -23,11 +23,12 @@ from urllib.parse import urlsplit
 import discord
 import pytest
 
-from bot import llm, replies
-from bot.ask import Ask
-from bot.chunking import split_message
-from bot.formatting import final_parts
-from bot.streaming import WRITING_MARKER
+from bot.answers import replies
+from bot.answers.chunking import split_message
+from bot.answers.formatting import final_parts
+from bot.answers.streaming import WRITING_MARKER
+from bot.discord_app.ask import Ask
+from bot.model import llm
 from tests.fakes.discord import CommandSync, FakeDiscord, InteractionHandle
 from tests.fakes.discord.plugin import running_fake
 from tests.fakes.discord.state import EVERYONE_PERMISSIONS, MENTION_EVERYONE

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from bot import replies
-from bot.usage import SqliteUsageStore, utc_day
+from bot.answers import replies
+from bot.fair_use.budgets import utc_day
+from bot.store.sqlite import SqliteUsageStore
 from tests.fakes.discord import FakeDiscord, InteractionHandle, User
 from tests.fakes.openai_server import FakeOpenAI, StreamReply, Usage
 from tests.fakes.openai_server import Reply as ModelReply

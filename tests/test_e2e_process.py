@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from bot import replies
+from bot.answers import replies
 from tests.fakes.discord import FakeDiscord
 from tests.fakes.openai_server import FakeOpenAI, Reply
 from tests.stack import Stack

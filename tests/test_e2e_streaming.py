@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from bot import llm, replies
-from bot.chunking import settled_count
-from bot.formatting import final_parts
-from bot.stop_button import ONLY_ASKER
-from bot.streaming import WRITING_MARKER
+from bot.answers import replies
+from bot.answers.chunking import settled_count
+from bot.answers.formatting import final_parts
+from bot.answers.streaming import WRITING_MARKER
+from bot.discord_app.stop_button import ONLY_ASKER
+from bot.model import llm
 from tests.fakes.discord import Call, FakeDiscord, InteractionHandle, VisibleMessage
 from tests.fakes.openai_server import FakeOpenAI, StreamGate, StreamReply
 from tests.stack import Stack, run_stack

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bot.chunking import close_open_fence
-from bot.formatting import final_parts
+from bot.answers.chunking import close_open_fence
+from bot.answers.formatting import final_parts
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bot.limits import (
+from bot.fair_use.limits import (
     AskGate,
     Cooldown,
     CooldownSpec,

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 import openai
 import pytest
 
-from bot import llm
 from bot.config import load_settings
+from bot.model import llm
 from tests.fakes.openai_server import (
     ApiError,
     FakeOpenAI,

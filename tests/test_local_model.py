@@ -19,7 +19,7 @@ import httpx2
 import openai
 import pytest
 
-from bot.local_model import (
+from bot.model.local_model import (
     BUNDLED_MODEL_FILE,
     INSTALL_HINT,
     LocalModel,
@@ -113,7 +113,7 @@ def test_install_command_installs_both_packages() -> None:
 async def test_module_imports_without_llama_cpp() -> None:
     code = (
         "import sys; sys.modules['xllamacpp'] = None; "
-        "import bot.local_model; print(bot.local_model.LocalModelServer.__name__)"
+        "import bot.model.local_model as m; print(m.LocalModelServer.__name__)"
     )
     process = await asyncio.create_subprocess_exec(
         sys.executable,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bot import llm, replies
+from bot.answers import replies
+from bot.model import llm
 
 SECRET_DETAIL = "APIStatusError: Incorrect API key provided: sk-abc123 at /v1/chat"
 

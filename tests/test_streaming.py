@@ -10,9 +10,9 @@ import discord
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bot.chunking import split_message
-from bot.formatting import final_parts
-from bot.streaming import WRITING_MARKER, LiveReply
+from bot.answers.chunking import split_message
+from bot.answers.formatting import final_parts
+from bot.answers.streaming import WRITING_MARKER, LiveReply
 
 LIMIT = 200
 

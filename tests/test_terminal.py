@@ -13,10 +13,10 @@ from pathlib import Path
 import openai
 import pytest
 
-from bot.chunking import split_message
+from bot.answers.chunking import split_message
 from bot.config import Settings, load_settings
-from bot.llm import Completer
-from bot.local_model import INSTALL_HINT
+from bot.model.llm import Completer
+from bot.model.local_model import INSTALL_HINT
 from bot.terminal import Terminal
 from tests.fakes.openai_server import FakeOpenAI, Reply, StreamReply, start_fake_openai
 

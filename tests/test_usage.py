@@ -12,12 +12,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bot.usage import (
-    FILE_NAME,
+from bot.fair_use.budgets import (
     Budget,
     DailyBudgets,
     Scope,
-    SqliteUsageStore,
     Totals,
     UsageReport,
     UsageStore,
@@ -25,6 +23,7 @@ from bot.usage import (
     next_reset,
     utc_day,
 )
+from bot.store.sqlite import FILE_NAME, SqliteUsageStore
 
 ALICE, BOB, CAROL = 1001, 1002, 1003
 GUILD, OTHER_GUILD = 900_000_000_000_000_001, 900_000_000_000_000_002

@@ -7,7 +7,7 @@ import logging
 import discord
 from discord import app_commands
 
-from bot import replies
+from bot.answers import replies
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bot.chunking import close_open_fence, split_message
+from bot.answers.chunking import close_open_fence, split_message
 
 MESSAGE_LIMIT = 2000
 

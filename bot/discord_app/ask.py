@@ -18,11 +18,13 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot import access, limits, replies, usage
-from bot.answering import Answerer, Outcome
+from bot.answers import replies
+from bot.answers.answering import Answerer, Outcome
+from bot.discord_app.reply import Reply
+from bot.discord_app.stop_button import StopButton
+from bot.fair_use import access, limits
+from bot.fair_use import budgets as usage
 from bot.metrics import Metrics
-from bot.reply import Reply
-from bot.stop_button import StopButton
 
 log = logging.getLogger(__name__)
 

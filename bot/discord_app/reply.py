@@ -1,27 +1,13 @@
-"""The Discord messages that make up one answer."""
+"""The interaction followups that make up one answer: the Discord `Messages`."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Protocol
 
 import discord
 
 log = logging.getLogger(__name__)
-
-
-class Messages(Protocol):
-    """An ordered set of messages that can be created and edited: Discord, or a terminal."""
-
-    @property
-    def count(self) -> int: ...
-
-    def showing(self, index: int) -> tuple[str, discord.ui.View | None]: ...
-
-    async def show(self, index: int, content: str, view: discord.ui.View | None = None) -> None: ...
-
-    async def finish(self, parts: Sequence[str]) -> None: ...
 
 
 class Reply:

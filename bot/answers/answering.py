@@ -15,10 +15,11 @@ from dataclasses import dataclass
 
 import discord
 
-from bot import llm, replies
-from bot.formatting import final_parts
-from bot.reply import Messages
-from bot.streaming import LiveReply
+from bot.answers import replies
+from bot.answers.formatting import final_parts
+from bot.answers.messages import Messages
+from bot.answers.streaming import LiveReply
+from bot.model import llm
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 
-from bot import llm, usage
+from bot.fair_use import budgets as usage
+from bot.model import llm
 
 EMPTY_PROMPT = "Please type a question after `/ask`, for example `/ask prompt: What is a monad?`"
 UNEXPECTED = (

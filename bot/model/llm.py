@@ -129,7 +129,7 @@ async def open_completer(settings: Settings, *, local_slots: int = 4) -> AsyncIt
     holds its own context memory.
 
     With no provider configured this starts the built-in local model first, which
-    raises `bot.local_model.LocalModelError` when it cannot be served.
+    raises `bot.model.local_model.LocalModelError` when it cannot be served.
     """
     if not settings.uses_builtin_model:
         async with make_client(settings) as client:
@@ -137,7 +137,7 @@ async def open_completer(settings: Settings, *, local_slots: int = 4) -> AsyncIt
         return
 
     # Imported here: a deployment that uses a provider never loads llama.cpp.
-    from bot.local_model import LocalModelServer
+    from bot.model.local_model import LocalModelServer
 
     async with LocalModelServer.start(
         model_path=settings.local_model_path, parallel=local_slots

@@ -8,11 +8,11 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.answering import Answerer
-from bot.ask import Ask, FairUse
+from bot.answers.answering import Answerer
 from bot.config import Settings
-from bot.llm import Completer
-from bot.tree import AskTree
+from bot.discord_app.ask import Ask, FairUse
+from bot.discord_app.tree import AskTree
+from bot.model.llm import Completer
 
 log = logging.getLogger(__name__)
 

@@ -24,9 +24,9 @@ from collections.abc import Callable, Sequence
 
 import discord
 
-from bot.chunking import MIN_LIMIT, close_open_fence, settled_count, split_message
-from bot.formatting import MESSAGE_LIMIT
-from bot.reply import Messages
+from bot.answers.chunking import MIN_LIMIT, close_open_fence, settled_count, split_message
+from bot.answers.formatting import MESSAGE_LIMIT
+from bot.answers.messages import Messages
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""The Discord surface: the client, its commands and buttons, and interaction replies."""
