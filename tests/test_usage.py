@@ -24,6 +24,7 @@ from bot.fair_use.budgets import (
     Totals,
     UsageReport,
     UsageStore,
+    ask_estimate,
     estimate_tokens,
     next_reset,
     utc_day,
@@ -60,6 +61,21 @@ def test_token_estimate_is_at_least_one_and_never_far_below_a_quarter(text: str)
     estimate = estimate_tokens(text)
     assert estimate >= 1
     assert len(text) / 4 <= estimate < len(text) / 4 + 1
+
+
+@pytest.mark.parametrize(
+    ("prompt_tokens", "max_output_tokens", "estimate"),
+    [(100, 1000, 1100), (100, None, 1100), (30, 50, 80), (0, 0, 1)],
+)
+def test_an_ask_reserves_its_prompt_and_the_most_it_may_write(
+    prompt_tokens: int, max_output_tokens: int | None, estimate: int
+) -> None:
+    assert ask_estimate(prompt_tokens, max_output_tokens) == estimate
+
+
+def test_an_ask_estimate_refuses_a_negative_prompt() -> None:
+    with pytest.raises(ValueError, match="0 or more"):
+        ask_estimate(-1, 100)
 
 
 # --- days and resets --------------------------------------------------------------------------

@@ -6,6 +6,7 @@
     Hold                the tokens reserved for one ask, until it settles
     Reservation         a hold as the store keeps it
     estimate_tokens     a rough count for providers that report no usage
+    ask_estimate        what to reserve for an ask: its prompt plus the most it may write
 
 A day is a UTC date ("2025-01-31"); every budget resets at midnight UTC.
 
@@ -43,6 +44,7 @@ __all__ = [
     "Totals",
     "UsageReport",
     "UsageStore",
+    "ask_estimate",
     "estimate_tokens",
     "next_reset",
     "utc_day",
@@ -56,6 +58,9 @@ CHARS_PER_TOKEN = 4
 # well after that belongs to a process that died before settling it.
 HOLD_LIFETIME = timedelta(minutes=20)
 
+# What an answer costs when nothing caps it: a long chat answer, about two Discord messages.
+TYPICAL_ANSWER_TOKENS = 1000
+
 
 def estimate_tokens(text: str) -> int:
     """An estimate of the tokens in `text`: about 4 characters each, at least 1 if non-empty.
@@ -64,6 +69,15 @@ def estimate_tokens(text: str) -> int:
     model, so treat the result as a rough figure, never as the provider's count.
     """
     return math.ceil(len(text) / CHARS_PER_TOKEN)
+
+
+def ask_estimate(prompt_tokens: int, max_output_tokens: int | None) -> int:
+    """The tokens to reserve for an ask: its prompt plus its output cap, or with no cap
+    `TYPICAL_ANSWER_TOKENS`; at least 1."""
+    if prompt_tokens < 0:
+        raise ValueError(f"prompt_tokens must be 0 or more (got {prompt_tokens})")
+    answer = TYPICAL_ANSWER_TOKENS if max_output_tokens is None else max_output_tokens
+    return max(1, prompt_tokens + answer)
 
 
 def utc_day(now: datetime) -> str:
@@ -321,7 +335,16 @@ class DailyBudgets:
 
     Every method takes an aware `now` (by default from `clock`); its UTC date picks the
     day. Outside a server (`guild_id` None) only the user's budget applies. An ask calls
-    `reserve` before the model and `Hold.settle` after it; `prune` keeps the store small.
+    `reserve` before the model and `Hold.settle` after it; `prune` keeps the store small:
+
+        hold = await budgets.reserve(user_id, guild_id, ask_estimate(prompt_tokens, cap))
+        if hold.exhausted is not None:
+            ...  # refuse: budget_exhausted(hold.exhausted, hold.resets_at_unix)
+        try:
+            outcome = await answer(...)
+            await hold.settle(tokens_consumed(outcome))
+        finally:
+            await hold.settle(0)  # frees the hold if nothing above settled it
     """
 
     def __init__(
