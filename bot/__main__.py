@@ -129,6 +129,7 @@ async def run_bot(settings: Settings, stop: asyncio.Event | None = None) -> int:
         open_completer(settings) as completer,
         AskBot(settings, completer, fair_use) as bot,
     ):
+        _fail_fast_on_first_gateway_connect(bot)
         runner = asyncio.create_task(bot.start(settings.discord_token.reveal()))
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -275,6 +276,36 @@ async def _clear_guild_copies(bot: AskBot, guild_id: int) -> None:
     )
 
 
+class _GatewayUnreachable(Exception):
+    """The first gateway connection failed; its cause is the network error."""
+
+
+def _fail_fast_on_first_gateway_connect(bot: AskBot) -> None:
+    """Make a failure of the first gateway connection end `bot.start` with its cause.
+
+    discord.py retries every failed gateway connection, logging a traceback each time,
+    and a first connection it never made it cannot even resume. Until one connection is
+    up, network errors are raised as `_GatewayUnreachable`, which its retry loop does not
+    catch; after that its reconnects are left as they are.
+    """
+    http = bot.http
+    connect = http.ws_connect
+    connected = False
+
+    async def ws_connect(url: str, *, compress: int = 0) -> aiohttp.ClientWebSocketResponse:
+        nonlocal connected
+        if connected:
+            return await connect(url, compress=compress)
+        try:
+            socket = await connect(url, compress=compress)
+        except _NETWORK_ERRORS as error:
+            raise _GatewayUnreachable(str(yarl.URL(url).with_query(None))) from error
+        connected = True
+        return socket
+
+    http.ws_connect = ws_connect  # type: ignore[method-assign]
+
+
 class _NoUsageStore:
     """The usage store of a process that answers no asks (`sync`): never opened or read."""
 
@@ -318,7 +349,8 @@ def discord_unreachable(error: BaseException) -> str | None:
     where = _discord_host()
     if isinstance(cause, aiohttp.ClientConnectorError):
         where = f"{cause.host}:{cause.port}" if cause.port else cause.host
-    return f"cannot reach Discord at {where}: {_describe_network_failure(cause)}"
+    what = "Discord's gateway" if isinstance(error, _GatewayUnreachable) else "Discord"
+    return f"cannot reach {what} at {where}: {_describe_network_failure(cause)}"
 
 
 # What a failure to reach Discord raises: aiohttp's errors (DNS, refused, TLS, proxy),

@@ -39,11 +39,11 @@ _PATTERNS: tuple[tuple[regex.Pattern[str], str], ...] = (
     (
         regex.compile(
             r"""(?i)(["']?\b(?:token|access_token|refresh_token|api_key|authorization)\b["']?"""
-            r"""\s*[:=]\s*["']?)(?:(?:Bot|Bearer)\s+)?[^\s"',;&}\]]+"""
+            r"""\s*[:=]\s*["']?)(?!\[redacted\])(?:(?:Bot|Bearer)\s+)?[^\s"',;&}\]]+"""
         ),
         rf"\1{REDACTED}",
     ),
-    (regex.compile(r"\b(Bot|Bearer)\s+[\w.~+/=-]{8,}"), rf"\1 {REDACTED}"),
+    (regex.compile(r"\bBearer\s+(?!\[redacted\])[\w.~+/=-]{8,}"), f"Bearer {REDACTED}"),
     # Shaped like a Discord bot token (user id . timestamp . HMAC).
     (regex.compile(r"\b[\w-]{23,28}\.[\w-]{6,7}\.[\w-]{27,}"), REDACTED),
     # Shaped like an OpenAI-style API key.
