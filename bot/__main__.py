@@ -267,7 +267,15 @@ async def _clear_guild_copies(bot: AskBot, guild_id: int) -> None:
     """
     guild = discord.Object(id=guild_id)
     bot.tree.clear_commands(guild=guild)
-    await bot.tree.sync(guild=guild)
+    try:
+        await bot.tree.sync(guild=guild)
+    except discord.Forbidden:
+        log.warning(
+            "could not remove the commands synced to DISCORD_GUILD_ID=%d: the bot is not in "
+            "that server (or lacks the applications.commands scope there)",
+            guild_id,
+        )
+        return
     log.warning(
         "removed the commands synced to DISCORD_GUILD_ID=%d, which would show twice there "
         "beside the global ones; unset DISCORD_GUILD_ID before starting the bot again, or "
