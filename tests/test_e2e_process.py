@@ -481,7 +481,7 @@ async def test_library_debug_lines_need_to_be_asked_for(
     assert status == EXIT_OK, bot.output
     assert " INFO    discord." in bot.output
     # LOG_LEVEL is the bot's own level; the libraries' payload dumps stay off.
-    library_debug = [line for line in bot.lines if re.search(r" DEBUG +(?!bot[.:])", line)]
+    library_debug = [line for line in bot.lines if re.search(r" DEBUG +(?!bot[.:])\S", line)]
     assert library_debug == []
 
 
