@@ -38,7 +38,7 @@ from bot.config import ConfigError, Settings, load_settings
 from bot.discord_app.ask import FairUse
 from bot.discord_app.client import AskBot
 from bot.fair_use.access import AccessRules
-from bot.fair_use.budgets import Budget, DailyBudgets, Totals
+from bot.fair_use.budgets import Budget, DailyBudgets, Reservation, Scope, Totals
 from bot.fair_use.limits import AskGate, Cooldown, InFlight
 from bot.metrics import Metrics
 from bot.model.llm import Completer, make_client, open_completer
@@ -323,7 +323,19 @@ class _NoUsageStore:
     async def totals(self, day: str, user_id: int, guild_id: int | None) -> Totals:
         raise RuntimeError("this process answers no asks and reads no usage")
 
-    async def prune(self, before: str) -> int:
+    async def reserve(
+        self,
+        reservation: Reservation,
+        user_limit: int | None,
+        guild_limit: int | None,
+        now: float,
+    ) -> Scope | None:
+        raise RuntimeError("this process answers no asks and reserves no tokens")
+
+    async def settle(self, reservation: Reservation, tokens: int) -> None:
+        raise RuntimeError("this process answers no asks and records no usage")
+
+    async def prune(self, before: str, now: float | None = None) -> int:
         return 0
 
     async def close(self) -> None:
