@@ -288,6 +288,26 @@ async def test_gate_end_stops_the_stream_without_a_finish_reason(
     assert await (await gate.started()).finished() == "answered"
 
 
+async def test_gate_can_cut_a_stream_after_its_finish_reason(
+    server: FakeOpenAI, client: AsyncOpenAI
+) -> None:
+    gate = server.gated_stream()
+    stream = await client.chat.completions.create(
+        model=MODEL, messages=HELLO, stream=True, stream_options={"include_usage": True}
+    )
+    await gate.send("whole")
+    await gate.send_finish_reason("stop")
+    await gate.drop()
+
+    received: list[ChatCompletionChunk] = []
+    with pytest.raises(openai.APIConnectionError):
+        await collect(stream, into=received)
+    assert streamed_text(received) == "whole"
+    assert received[-1].choices[0].finish_reason == "stop"
+    assert all(c.usage is None for c in received)
+    assert (await gate.started()).usage is None
+
+
 @pytest.mark.parametrize(
     ("stream", "include_usage", "reported"),
     [(False, False, True), (True, True, True), (True, False, False)],

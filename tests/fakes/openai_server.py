@@ -190,7 +190,7 @@ class StreamGateClosed(Exception):
 
 @dataclass
 class _GateCommand:
-    kind: Literal["piece", "finish", "drop", "end", "closing"]
+    kind: Literal["piece", "finish_reason", "finish", "drop", "end", "closing"]
     piece: str = ""
     finish_reason: FinishReason = "stop"
     usage: Usage | None = None
@@ -222,6 +222,13 @@ class StreamGate:
     async def send(self, piece: str) -> None:
         """Send one content piece (one chunk when streamed)."""
         await self._submit(_GateCommand("piece", piece=piece))
+
+    async def send_finish_reason(self, finish_reason: FinishReason = "stop") -> None:
+        """Send only the chunk that carries the finish reason, to be followed by :meth:`drop`
+        (a stream cut before its usage chunk and ``[DONE]``) or :meth:`end`. A non-streamed
+        request ignores it.
+        """
+        await self._submit(_GateCommand("finish_reason", finish_reason=finish_reason))
 
     async def finish(
         self, finish_reason: FinishReason = "stop", usage: Usage | None = None
@@ -803,6 +810,9 @@ class _EventStream:
         await self._choice({"refusal" if self._refusal else "content": text}, None)
         self.sent += 1
 
+    async def finish_reason(self, finish_reason: FinishReason) -> None:
+        await self._choice({}, finish_reason)
+
     async def end(self, finish_reason: FinishReason, usage: Usage | None) -> None:
         await self._choice({}, finish_reason)
         exchange = self._exchange
@@ -1239,6 +1249,10 @@ class FakeOpenAI:
                     await events.piece(command.piece)
                 else:
                     collected.append(command.piece)
+                return False
+            case "finish_reason":
+                if events is not None:
+                    await events.finish_reason(command.finish_reason)
                 return False
             case "end" if events is not None:
                 # Returning closes the response properly, with nothing more written.
