@@ -646,7 +646,8 @@ async def test_the_callers_deadline_wins_when_earlier(server: FakeOpenAI) -> Non
 
 
 async def test_a_deadline_already_past_sends_nothing(server: FakeOpenAI) -> None:
-    client, completer = completer_for(server)
+    observer = Attempts()
+    client, completer = completer_for(server, observer=observer)
     async with client:
         deadline = asyncio.get_running_loop().time() - 1
         with pytest.raises(llm.TimedOut):
@@ -654,6 +655,7 @@ async def test_a_deadline_already_past_sends_nothing(server: FakeOpenAI) -> None
         with pytest.raises(llm.TimedOut):
             await collect_with_deadline(completer, deadline)
     assert server.requests == ()
+    assert observer.seen == []
 
 
 async def collect_with_deadline(completer: llm.Completer, deadline: float) -> list[llm.Chunk]:

@@ -430,6 +430,9 @@ class Completer:
         attempt = 0
         while True:
             started = loop.time()
+            if ends is not None and started >= ends:
+                # Out of time before sending: no attempt to report.
+                raise _log_failure(self._timed_out(deadline, ends, None))
             try:
                 async with asyncio.timeout_at(ends):
                     result = await create({"x-stainless-retry-count": str(attempt)})
