@@ -21,7 +21,12 @@ import pytest
 from discord import app_commands
 
 from tests.fakes.discord import (
+    CHANNEL_MESSAGE,
+    CHANNEL_MESSAGES,
     DEFAULT_TOKEN,
+    FOLLOWUP,
+    WEBHOOK_MESSAGES,
+    WEBHOOK_ORIGINAL,
     FakeDiscord,
     Limit,
     Mentions,
@@ -491,7 +496,7 @@ async def test_followup_needs_an_acknowledged_live_token(http: aiohttp.ClientSes
         await acknowledge(http, fake, handle.id, handle.token, {"type": 5})
         fake.clock.advance(15 * 60 + 1)
         late = await call(http, fake, "POST", webhook, {"content": "too late"}, auth=False)
-        assert (late[0], late[1]) == (404, unknown)
+        assert (late[0], late[1]) == (401, {"code": 50027, "message": "Invalid Webhook Token"})
 
 
 async def test_button_press_reaches_the_view_and_updates_the_message() -> None:
@@ -703,3 +708,328 @@ async def test_launch_runs_the_bot_against_the_fake() -> None:
         assert sync.guild_id == fake.guild_id
         assert "ask" in sync.names
         assert fake.internal_errors == []
+
+
+# Moderation, token lifetime and failures the bot must survive
+
+
+class EditClient(discord.Client):
+    """``/ask`` defers and answers "draft: …"; once the test sets :attr:`proceed` it edits
+    the answer to "final: …", and :attr:`edited` resolves to how that ended (``None``: the
+    edit landed, else discord.py's exception). Records the MESSAGE_DELETEs it receives."""
+
+    def __init__(self, *, intents: discord.Intents | None = None) -> None:
+        super().__init__(
+            intents=intents or discord.Intents.default(),
+            allowed_mentions=discord.AllowedMentions.none(),
+            guild_ready_timeout=0.01,
+        )
+        self.tree = app_commands.CommandTree(self)
+        self.drafted = asyncio.Event()
+        self.proceed = asyncio.Event()
+        self.edited: asyncio.Future[discord.HTTPException | None] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self.deleted: list[int] = []
+        self.deletion = asyncio.Event()
+
+        @self.tree.command(name="ask", description="Ask a question")
+        async def ask(interaction: discord.Interaction, prompt: str) -> None:
+            await interaction.response.defer(thinking=True)
+            await interaction.followup.send(f"draft: {prompt}")
+            self.drafted.set()
+            await self.proceed.wait()
+            try:
+                await interaction.edit_original_response(content=f"final: {prompt}")
+            except discord.HTTPException as error:
+                self.edited.set_result(error)
+            else:
+                self.edited.set_result(None)
+
+    async def setup_hook(self) -> None:
+        await self.tree.sync()
+
+    async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
+        self.deleted.append(payload.message_id)
+        self.deletion.set()
+
+
+async def drafted(fake: FakeDiscord, client: EditClient, prompt: str = "q") -> int:
+    """Run ``/ask`` and return the id of its answer once it reads "draft: …"."""
+    await fake.wait_for(lambda: bool(fake.command_syncs))
+    handle = fake.dispatch_interaction("ask", {"prompt": prompt})
+    await settled(client.drafted.wait())
+    original = handle.original()
+    assert original is not None
+    assert original.content == f"draft: {prompt}"
+    return original.id
+
+
+UNKNOWN_MESSAGE = {"message": "Unknown Message", "code": 10008}
+INVALID_TOKEN = {"message": "Invalid Webhook Token", "code": 50027}
+
+
+async def test_a_moderator_deletes_an_answer_the_bot_sees_it_and_its_edit_is_unknown() -> None:
+    async with running_fake() as fake:
+        client = EditClient()
+        async with running(client, fake):
+            answer_id = await drafted(fake, client)
+            fake.delete_message(answer_id)
+            await settled(client.deletion.wait())
+            client.proceed.set()
+            error = await settled(client.edited)
+        assert isinstance(error, discord.NotFound)
+        assert (error.status, error.code, error.text) == (404, 10008, "Unknown Message")
+        assert client.deleted == [answer_id]
+        assert fake.gateway.events("MESSAGE_DELETE") == [
+            {
+                "id": str(answer_id),
+                "channel_id": str(fake.channel_id),
+                "guild_id": str(fake.guild_id),
+            }
+        ]
+        assert fake.transcript() == []
+
+
+async def test_a_deleted_message_is_unknown_through_every_route(
+    http: aiohttp.ClientSession,
+) -> None:
+    async with running_fake(commands=[ASK]) as fake:
+        handle = fake.dispatch_interaction("ask", {"prompt": "x"})
+        await acknowledge(http, fake, handle.id, handle.token, {"type": 5})
+        webhook = f"/webhooks/{fake.application_id}/{handle.token}"
+        await call(http, fake, "POST", webhook, {"content": "answer"}, auth=False)
+        _, followup, _ = await call(http, fake, "POST", webhook, {"content": "more"}, auth=False)
+        _, posted, _ = await call(
+            http, fake, "POST", f"/channels/{fake.channel_id}/messages", {"content": "post"}
+        )
+        original_id = handle.interaction.original_id
+        assert original_id is not None
+        for message_id in (original_id, int(followup["id"]), int(posted["id"])):
+            fake.delete_message(message_id)
+        by_token = [f"{webhook}/messages/@original", f"{webhook}/messages/{followup['id']}"]
+        by_channel = [
+            f"/channels/{fake.channel_id}/messages/{message_id}"
+            for message_id in (original_id, posted["id"])
+        ]
+        for path in by_token + by_channel:
+            for method in ("GET", "PATCH", "DELETE"):
+                fake.clock.advance(5)  # past the token's and the channel's bucket windows
+                body = {"content": "edit"} if method == "PATCH" else None
+                status, answer, _ = await call(
+                    http, fake, method, path, body, auth=path in by_channel
+                )
+                assert (method, path, status, answer) == (method, path, 404, UNKNOWN_MESSAGE)
+        assert fake.transcript() == []
+        with pytest.raises(LookupError):
+            fake.delete_message(original_id)
+
+
+@pytest.mark.parametrize(
+    ("dm", "guild_messages", "dm_messages", "delivered"),
+    [
+        (False, True, False, True),
+        (False, False, True, False),
+        (True, False, True, True),
+        (True, True, False, False),
+    ],
+    ids=["guild+GUILD_MESSAGES", "guild without", "DM+DIRECT_MESSAGES", "DM without"],
+)
+async def test_message_delete_follows_the_intents(
+    http: aiohttp.ClientSession, dm: bool, guild_messages: bool, dm_messages: bool, delivered: bool
+) -> None:
+    async with running_fake() as fake:
+        intents = discord.Intents.default()
+        intents.guild_messages = guild_messages
+        intents.dm_messages = dm_messages
+        client = EditClient(intents=intents)
+        async with running(client, fake):
+            channel_id = fake.dm_channel_id() if dm else fake.channel_id
+            _, posted, _ = await call(
+                http, fake, "POST", f"/channels/{channel_id}/messages", {"content": "hi"}
+            )
+            fake.delete_message(int(posted["id"]))
+            if delivered:
+                await settled(client.deletion.wait())
+        sent = fake.gateway.events("MESSAGE_DELETE")
+        assert [event["id"] for event in sent] == ([posted["id"]] if delivered else [])
+        assert client.deleted == ([int(posted["id"])] if delivered else [])
+
+
+async def test_an_ephemeral_message_cannot_be_deleted_by_a_moderator(
+    http: aiohttp.ClientSession,
+) -> None:
+    async with running_fake(commands=[ASK]) as fake:
+        handle = fake.dispatch_interaction("ask", {"prompt": "secret"})
+        await acknowledge(http, fake, handle.id, handle.token, {"type": 5, "data": {"flags": 64}})
+        assert handle.interaction.original_id is not None
+        with pytest.raises(LookupError, match="ephemeral"):
+            fake.delete_message(handle.interaction.original_id)
+
+
+async def test_every_use_of_an_expired_token_is_invalid_webhook_token(
+    http: aiohttp.ClientSession,
+) -> None:
+    async with running_fake(commands=[ASK]) as fake:
+        handle = fake.dispatch_interaction("ask", {"prompt": "long"})
+        await acknowledge(http, fake, handle.id, handle.token, {"type": 5})
+        webhook = f"/webhooks/{fake.application_id}/{handle.token}"
+        await call(http, fake, "POST", webhook, {"content": "answer"}, auth=False)
+        _, followup, _ = await call(http, fake, "POST", webhook, {"content": "more"}, auth=False)
+        fake.clock.advance(15 * 60 - 1)
+        status, _, _ = await call(http, fake, "GET", f"{webhook}/messages/@original", auth=False)
+        assert status == 200  # still inside the 15 minutes
+        fake.clock.advance(2)
+        requests: list[tuple[str, str, Any]] = [("POST", webhook, {"content": "late"})]
+        for path in (f"{webhook}/messages/@original", f"{webhook}/messages/{followup['id']}"):
+            requests += [("GET", path, None), ("PATCH", path, {"content": "x"})]
+            requests += [("DELETE", path, None)]
+        for method, path, body in requests:
+            fake.clock.advance(2)  # past the token's bucket window
+            status, answer, _ = await call(http, fake, method, path, body, auth=False)
+            assert (method, path, status, answer) == (method, path, 401, INVALID_TOKEN)
+        assert [m.content for m in handle.messages()] == ["answer", "more"]
+
+        late = fake.dispatch_interaction("ask", {"prompt": "unanswered"})
+        fake.clock.advance(15 * 60 + 1)
+        status, answer, _ = await acknowledge(http, fake, late.id, late.token, {"type": 5})
+        assert (status, answer) == (404, {"message": "Unknown interaction", "code": 10062})
+
+
+async def test_the_real_client_cannot_edit_after_the_token_expires() -> None:
+    async with running_fake() as fake:
+        client = EditClient()
+        async with running(client, fake):
+            await drafted(fake, client)
+            fake.clock.advance(15 * 60 + 1)
+            client.proceed.set()
+            error = await settled(client.edited)
+        assert isinstance(error, discord.HTTPException)
+        assert (error.status, error.code) == (401, 50027)
+        assert [m.content for m in fake.transcript()] == ["draft: q"]
+
+
+async def test_an_edit_rate_limited_on_every_attempt_makes_discord_py_give_up() -> None:
+    async with running_fake() as fake:
+        client = EditClient()
+        async with running(client, fake):
+            answer_id = await drafted(fake, client)
+            fault = fake.rate_limit_requests(
+                "PATCH", WEBHOOK_MESSAGES, times=None, retry_after=0.01, message_id=answer_id
+            )
+            client.proceed.set()
+            error = await settled(client.edited)
+        assert isinstance(error, discord.HTTPException)
+        assert error.status == 429
+        edits = [c for c in fake.calls if c.method == "PATCH"]
+        assert [(c.status, c.injected) for c in edits] == [(429, True)] * 5  # discord.py's tries
+        assert fault.hits == 5
+        assert edits[0].response == {
+            "message": "The resource is being rate limited.",
+            "retry_after": 0.01,
+            "global": False,
+        }
+        assert [m.content for m in fake.transcript()] == ["draft: q"]
+
+
+async def test_a_cloudflare_ban_fails_the_edit_at_once() -> None:
+    async with running_fake() as fake:
+        client = EditClient()
+        async with running(client, fake):
+            await drafted(fake, client)
+            fake.rate_limit_requests("PATCH", WEBHOOK_ORIGINAL, times=None, scope="cloudflare")
+            client.proceed.set()
+            error = await settled(client.edited)
+        assert isinstance(error, discord.HTTPException)
+        assert error.status == 429
+        assert "Error 1015" in error.text
+        assert [c.status for c in fake.calls if c.method == "PATCH"] == [429]
+
+
+async def test_one_server_error_is_retried_by_discord_py_and_the_answer_lands_once() -> None:
+    async with running_fake() as fake:
+        client = AskClient(answers=("only",))
+        fake.fail_requests("POST", FOLLOWUP, status=502)
+        async with running(client, fake):
+            await fake.wait_for(lambda: bool(fake.command_syncs))
+            fake.dispatch_interaction("ask", {"prompt": "retry?"})
+            await settled(client.asked.wait())
+        followups = [c for c in fake.calls if c.route == FOLLOWUP]
+        assert [(c.status, c.injected) for c in followups] == [(502, True), (200, False)]
+        assert [m.content for m in fake.transcript()] == ["only: retry?"]
+
+
+async def test_a_503_on_a_channel_send_raises_at_once() -> None:
+    async with running_fake() as fake:
+        client = AskClient()
+        async with running(client, fake):
+            await settled(client.wait_until_ready())
+            fake.fail_requests("POST", CHANNEL_MESSAGES, status=503)
+            channel = client.get_channel(fake.channel_id)
+            assert isinstance(channel, discord.TextChannel)
+            with pytest.raises(discord.DiscordServerError) as raised:
+                await channel.send("hello")
+            assert raised.value.status == 503
+            sent = await channel.send("again")  # the fault was for one request
+        assert [c.status for c in fake.calls if c.route == CHANNEL_MESSAGES] == [503, 200]
+        assert [m.content for m in fake.transcript()] == ["again"]
+        assert sent.content == "again"
+
+
+async def test_a_processed_failure_makes_the_change_and_still_fails(
+    http: aiohttp.ClientSession,
+) -> None:
+    async with running_fake() as fake:
+        route = f"/channels/{fake.channel_id}/messages"
+        _, posted, _ = await call(http, fake, "POST", route, {"content": "before"})
+        fake.fail_requests("PATCH", CHANNEL_MESSAGE, status=504, processed=True)
+        status, body, response = await call(
+            http, fake, "PATCH", f"{route}/{posted['id']}", {"content": "after"}
+        )
+        assert status == 504
+        assert response.headers["Content-Type"] == "text/html"
+        assert "504 Gateway Time-out" in body
+        assert [m.content for m in fake.transcript()] == ["after"]
+        assert (fake.calls[-1].status, fake.calls[-1].injected) == (504, True)
+
+
+def test_faults_are_only_what_discord_can_do() -> None:
+    fake = FakeDiscord(spec_path=None)
+    with pytest.raises(ValueError, match="global"):
+        fake.rate_limit_requests("PATCH", WEBHOOK_ORIGINAL, scope="global")
+    with pytest.raises(ValueError, match="serves no"):
+        fake.fail_requests("PUT", WEBHOOK_ORIGINAL)
+    with pytest.raises(ValueError, match="simulates"):
+        fake.fail_requests("POST", CHANNEL_MESSAGES, status=418)
+    fault = fake.rate_limit_requests("POST", CHANNEL_MESSAGES, scope="global")
+    assert fault.failure.headers["X-RateLimit-Global"] == "true"
+    assert fault.failure.body["global"] is True
+
+
+async def test_sends_edits_and_deletes_in_a_channel_share_its_bucket(
+    http: aiohttp.ClientSession,
+) -> None:
+    async with running_fake(limits=RateLimits(channel_messages=Limit(4, 60.0))) as fake:
+        route = f"/channels/{fake.channel_id}/messages"
+        first = await call(http, fake, "POST", route, {"content": "a"})
+        second = await call(http, fake, "POST", route, {"content": "b"})
+        edit_a = await call(http, fake, "PATCH", f"{route}/{first[1]['id']}", {"content": "a!"})
+        delete_b = await call(http, fake, "DELETE", f"{route}/{second[1]['id']}")
+        edit_a_again = await call(
+            http, fake, "PATCH", f"{route}/{first[1]['id']}", {"content": "?"}
+        )
+        assert [r[0] for r in (first, second, edit_a, delete_b, edit_a_again)] == [
+            200,
+            200,
+            200,
+            204,
+            429,
+        ]
+        buckets = {r[2].headers["X-RateLimit-Bucket"] for r in (first, edit_a, delete_b)}
+        assert len(buckets) == 1
+        assert edit_a_again[2].headers["X-RateLimit-Scope"] == "user"
+        dm = await call(
+            http, fake, "POST", f"/channels/{fake.dm_channel_id()}/messages", {"content": "x"}
+        )
+        assert dm[0] == 200  # another channel, another bucket
+        assert [m.content for m in fake.transcript()] == ["a!"]

@@ -13,7 +13,7 @@ The fake enforces what Discord enforces; see the modules for each rule:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -22,6 +22,7 @@ from aiohttp import web
 
 from . import rules
 from .clock import Clock
+from .faults import Failure, Fault, Scope, rate_limited, server_error
 from .gateway import Gateway
 from .interactions import (
     InteractionHandle,
@@ -30,7 +31,7 @@ from .interactions import (
     component_data,
 )
 from .payloads import command_payload, interaction_payload, message_payload
-from .ratelimit import RateLimiter, RateLimits
+from .ratelimit import RateLimiter, RateLimits, bucket_hash
 from .rest import API_PREFIX, Call, Rest
 from .spec import SPEC_PATH, SpecViolation, load_spec
 from .state import (
@@ -258,6 +259,97 @@ class FakeDiscord:
         )
         world.changes.notify()
         return InteractionHandle(world, interaction)
+
+    def delete_message(self, message_id: int) -> None:
+        """A moderator deletes a message anyone in its channel can see (a channel message,
+        an interaction's original response or a followup).
+
+        From then on Discord answers 404 Unknown Message (10008) to every GET, PATCH and
+        DELETE of it, through the channel or the interaction token; the message leaves the
+        transcript; MESSAGE_DELETE goes to sessions with GUILD_MESSAGES (DIRECT_MESSAGES in
+        a DM). Ephemeral messages are seen by one person only and cannot be deleted so.
+        """
+        message = self.world.messages.get(message_id)
+        if message is None or message.deleted:
+            raise LookupError(f"message {message_id} does not exist")
+        if message.visible_to is not None:
+            raise LookupError(f"message {message_id} is ephemeral; no moderator can see it")
+        self.world.delete_message(message)
+
+    def fail_requests(
+        self,
+        method: str,
+        route: str | Iterable[str],
+        *,
+        status: int = 500,
+        times: int | None = 1,
+        message_id: int | None = None,
+        processed: bool = False,
+    ) -> Fault:
+        """The next ``times`` requests (``None``: all from now on) of ``method`` to ``route``
+        fail with a 5xx as Discord's servers send it (500, 502, 503 or 504); see
+        :mod:`~tests.fakes.discord.faults` for what discord.py does with each.
+
+        ``route`` is a template as :attr:`Call.route` shows it (e.g. :data:`WEBHOOK_MESSAGE`)
+        or several; ``message_id`` narrows it to requests about one message (``@original``
+        included). ``processed=True`` makes the change before failing.
+        """
+        return self._add_fault(
+            method, route, server_error(status), times, message_id, processed=processed
+        )
+
+    def rate_limit_requests(
+        self,
+        method: str,
+        route: str | Iterable[str],
+        *,
+        times: int | None = 1,
+        retry_after: float = 0.05,
+        scope: Scope | str = Scope.SHARED,
+        message_id: int | None = None,
+    ) -> Fault:
+        """The next ``times`` requests (``None``: all from now on) of ``method`` to ``route``
+        are answered 429 for ``scope`` (see :class:`~tests.fakes.discord.faults.Scope`).
+
+        discord.py sleeps out each ``retry_after`` and tries five times, so ``times=None``
+        makes it give up with ``HTTPException`` (status 429); ``scope="cloudflare"`` makes
+        it give up at the first answer.
+        """
+        scope = Scope(scope)
+        templates = self._templates(method, route)
+        if scope is Scope.GLOBAL and not all(self.rest.bot_route(method, t) for t in templates):
+            raise ValueError("interaction routes are not bound to the global rate limit")
+        limit = self.limits.channel_messages.count
+        failure = rate_limited(scope, retry_after, limit=limit, bucket=bucket_hash("fault"))
+        return self._add_fault(method, templates, failure, times, message_id, processed=False)
+
+    def _add_fault(
+        self,
+        method: str,
+        route: str | Iterable[str],
+        failure: Failure,
+        times: int | None,
+        message_id: int | None,
+        *,
+        processed: bool,
+    ) -> Fault:
+        fault = Fault(
+            method=method,
+            routes=frozenset(self._templates(method, route)),
+            failure=failure,
+            times=times,
+            message_id=message_id,
+            processed=processed,
+        )
+        self.rest.faults.append(fault)
+        return fault
+
+    def _templates(self, method: str, route: str | Iterable[str]) -> list[str]:
+        templates = [route] if isinstance(route, str) else list(route)
+        unknown = set(templates) - self.rest.routes(method)
+        if unknown or not templates:
+            raise ValueError(f"the fake serves no {method} {sorted(unknown)}")
+        return templates
 
     def reconnect(self) -> None:
         """Send op 7 RECONNECT: the client must reconnect and RESUME its session."""

@@ -91,7 +91,8 @@ class _Session:
 class Gateway:
     """Serves gateway connections for one :class:`World` and one bot token.
 
-    For assertions: :attr:`identifies` (each IDENTIFY's ``d``), :attr:`resumes`,
+    For assertions: :attr:`identifies` (each IDENTIFY's ``d``), :attr:`dispatched`
+    (every event sent, with its data; :meth:`events` filters it), :attr:`resumes`,
     :attr:`readies_sent`, :attr:`heartbeats`, :attr:`connected`,
     :attr:`connection_queries` (each connection's query string), :attr:`server_close_codes`
     (codes the fake closed with), :attr:`client_close_codes` (codes clients closed with)
@@ -122,6 +123,8 @@ class Gateway:
         self.readies_sent = 0
         self.heartbeats = 0
         self.presence_updates: list[JsonObject] = []
+        # Every DISPATCH sent, to any session: (event name, data).
+        self.dispatched: list[tuple[str, JsonObject]] = []
         self.server_close_codes: list[int] = []
         self.client_close_codes: list[int | None] = []
 
@@ -376,6 +379,10 @@ class Gateway:
                 continue
             self._send_to(session, event, data)
 
+    def events(self, event: str) -> list[JsonObject]:
+        """The data of every ``event`` dispatched so far, to any session."""
+        return [data for name, data in self.dispatched if name == event]
+
     def reconnect(self) -> None:
         """Ask every connected client to reconnect and resume (op 7 RECONNECT)."""
         for connection in list(self._connections):
@@ -386,6 +393,7 @@ class Gateway:
         session.seq += 1
         frame = {"op": DISPATCH, "t": event, "s": session.seq, "d": data}
         session.log.append(frame)
+        self.dispatched.append((event, data))
         if session.connection is not None:
             session.connection.send(frame)
 

@@ -26,6 +26,7 @@ from aiohttp import BodyPartReader, web
 
 from . import errors, rules
 from .errors import DiscordError, JsonObject
+from .faults import Failure, Fault
 from .payloads import (
     application_payload,
     command_payload,
@@ -55,18 +56,29 @@ from .state import (
 log = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v10"
+
+# Route templates, as Call.route names them and fault injection takes them.
+CALLBACK = "/interactions/{interaction_id}/{interaction_token}/callback"
+FOLLOWUP = "/webhooks/{webhook_id}/{webhook_token}"
+WEBHOOK_ORIGINAL = "/webhooks/{webhook_id}/{webhook_token}/messages/@original"
+WEBHOOK_MESSAGE = "/webhooks/{webhook_id}/{webhook_token}/messages/{message_id}"
+# Every message an interaction token reaches: its original response and its followups.
+WEBHOOK_MESSAGES = (WEBHOOK_ORIGINAL, WEBHOOK_MESSAGE)
+CHANNEL_MESSAGES = "/channels/{channel_id}/messages"
+CHANNEL_MESSAGE = "/channels/{channel_id}/messages/{message_id}"
+TYPING = "/channels/{channel_id}/typing"
 MANAGE_MESSAGES = 1 << 13
 
 # Interaction callback types. PONG (1) answers only PING interactions, which arrive over
 # HTTP, never the gateway; autocomplete results (8) answer autocomplete interactions, which
 # the fake does not send.
-CHANNEL_MESSAGE, DEFERRED_CHANNEL_MESSAGE = 4, 5
+CHANNEL_MESSAGE_WITH_SOURCE, DEFERRED_CHANNEL_MESSAGE = 4, 5
 DEFERRED_UPDATE_MESSAGE, UPDATE_MESSAGE = 6, 7
 MODAL, LAUNCH_ACTIVITY = 9, 12
 _CALLBACKS_FOR = {
-    2: {CHANNEL_MESSAGE, DEFERRED_CHANNEL_MESSAGE, MODAL, LAUNCH_ACTIVITY},
+    2: {CHANNEL_MESSAGE_WITH_SOURCE, DEFERRED_CHANNEL_MESSAGE, MODAL, LAUNCH_ACTIVITY},
     3: {
-        CHANNEL_MESSAGE,
+        CHANNEL_MESSAGE_WITH_SOURCE,
         DEFERRED_CHANNEL_MESSAGE,
         DEFERRED_UPDATE_MESSAGE,
         UPDATE_MESSAGE,
@@ -94,6 +106,8 @@ class Call:
     response: Any
     since_dispatch: float | None
     interaction_id: int | None
+    # Whether a scripted fault (FakeDiscord.fail_requests / rate_limit_requests) answered.
+    injected: bool = False
 
 
 @dataclass
@@ -135,10 +149,6 @@ def _compile(template: str) -> re.Pattern[str]:
     return re.compile(f"^{regex}$")
 
 
-def _headers_for(body: Any) -> dict[str, str]:
-    return {"Content-Type": "application/json"} if body is not None else {}
-
-
 class Rest:
     """Routes, checks and records HTTP requests against one :class:`World`."""
 
@@ -166,7 +176,15 @@ class Rest:
         self.spec_violations: list[SpecViolation] = []
         self.response_violations: list[SpecViolation] = []
         self.internal_errors: list[str] = []
+        self.faults: list[Fault] = []
         self._routes = self._build_routes()
+
+    def routes(self, method: str) -> set[str]:
+        """The templates served for ``method``, as :attr:`Call.route` names them."""
+        return {route.template for route in self._routes if route.method == method}
+
+    def bot_route(self, method: str, template: str) -> bool:
+        return any(r.bot_auth for r in self._routes if (r.method, r.template) == (method, template))
 
     # Routing
 
@@ -204,10 +222,13 @@ class Rest:
             )
 
         def channel(method: str, template: str, handler: Handler) -> _Route:
+            # Sending, editing and deleting messages in a channel draw on one bucket per
+            # channel: Discord reports the same bucket hash for all three.
             return route(
                 method,
                 template,
                 handler,
+                bucket="channel messages",
                 limit=lambda limits: limits.channel_messages,
                 major=("channel_id",),
             )
@@ -223,12 +244,10 @@ class Rest:
                 major=major or ("application_id",),
             )
 
-        original = "/webhooks/{webhook_id}/{webhook_token}/messages/@original"
-        by_id = "/webhooks/{webhook_id}/{webhook_token}/messages/{message_id}"
+        original, by_id = WEBHOOK_ORIGINAL, WEBHOOK_MESSAGE
         global_scope = "/applications/{application_id}/commands"
         guild_scope = "/applications/{application_id}/guilds/{guild_id}/commands"
-        messages = "/channels/{channel_id}/messages"
-        message = "/channels/{channel_id}/messages/{message_id}"
+        messages, message = CHANNEL_MESSAGES, CHANNEL_MESSAGE
         return [
             route("GET", "/users/@me", self._current_user),
             route("GET", "/oauth2/applications/@me", self._application),
@@ -240,14 +259,14 @@ class Rest:
             commands("PUT", guild_scope, self._put_commands),
             route(
                 "POST",
-                "/interactions/{interaction_id}/{interaction_token}/callback",
+                CALLBACK,
                 self._callback,
                 bot_auth=False,
                 bucket="interaction callback",
                 limit=lambda limits: limits.interaction_callback,
                 major=("interaction_id",),
             ),
-            webhook("POST", "/webhooks/{webhook_id}/{webhook_token}", self._followup),
+            webhook("POST", FOLLOWUP, self._followup),
             webhook("GET", original, self._get_webhook_message),
             webhook("PATCH", original, self._edit_webhook_message),
             webhook("DELETE", original, self._delete_webhook_message),
@@ -282,6 +301,7 @@ class Rest:
         headers: dict[str, str] = {}
         body: Any = None
         files: list[Attachment] = []
+        fault: Fault | None = None
         try:
             route, params = self._match(request.method, path)
             if route.bot_auth and request.headers.get("Authorization") != f"Bot {self._token}":
@@ -290,6 +310,12 @@ class Rest:
                 verdict = self._limiter.take_global(self._token, self._limits.global_per_second)
                 if not verdict.allowed:
                     return self._too_many(request, route, path, params, query, verdict)
+            # A scripted failure before processing stands in for the route, its bucket
+            # included: a request refused upstream spends nothing.
+            fault = self._fault_for(route, params, processed=False)
+            if fault is not None:
+                body, files = await _read_body(request)
+                return self._fail(request, route, path, params, query, body, files, fault)
             key = "+".join(params[name] for name in route.major) or route.template
             verdict = self._limiter.take(route.bucket, key, route.limit(self._limits))
             headers = verdict.headers()
@@ -297,10 +323,15 @@ class Rest:
                 return self._too_many(request, route, path, params, query, verdict)
             body, files = await _read_body(request)
             self._check_spec(route, body)
+            fault = self._fault_for(route, params, processed=True)
             incoming = Incoming(route.method, route.template, params, query, body, files)
             reply = route.handler(incoming)
+            if fault is not None:
+                return self._fail(request, route, path, params, query, body, files, fault)
             status, response = reply.status, reply.body
         except DiscordError as error:
+            if fault is not None:
+                fault.hits -= 1  # the request failed on its own; the fault is still owed
             status, response = error.status, error.body()
         except Exception as error:
             # A bug in the fake, not a Discord rule: answer as Discord's servers would when
@@ -310,6 +341,52 @@ class Rest:
             status, response = 500, {"message": "500: Internal Server Error", "code": 0}
         return self._respond(
             request, route, path, params, query, body, files, status, response, headers
+        )
+
+    def _fault_for(self, route: _Route, params: dict[str, str], *, processed: bool) -> Fault | None:
+        message_id = self._message_named(route, params)
+        for fault in self.faults:
+            if fault.processed == processed and fault.matches(
+                route.method, route.template, message_id
+            ):
+                fault.hits += 1
+                return fault
+        return None
+
+    def _message_named(self, route: _Route, params: dict[str, str]) -> int | None:
+        """The message a route acts on, ``@original`` resolved through its token."""
+        if route.template == WEBHOOK_ORIGINAL:
+            interaction = self._world.interaction_by_token(params["webhook_token"])
+            return interaction.original_id if interaction else None
+        reference = params.get("message_id")
+        return _snowflake_or_zero(reference) if reference is not None else None
+
+    def _fail(
+        self,
+        request: web.Request,
+        route: _Route,
+        path: str,
+        params: dict[str, str],
+        query: dict[str, str],
+        body: Any,
+        files: list[Attachment],
+        fault: Fault,
+    ) -> web.Response:
+        failure: Failure = fault.failure
+        return self._respond(
+            request,
+            route,
+            path,
+            params,
+            query,
+            body,
+            files,
+            failure.status,
+            failure.body,
+            failure.headers,
+            content_type=failure.content_type,
+            via=failure.via,
+            injected=True,
         )
 
     def _too_many(
@@ -343,6 +420,10 @@ class Rest:
         status: int,
         response: Any,
         headers: dict[str, str],
+        *,
+        content_type: str = "application/json",
+        via: bool = True,
+        injected: bool = False,
     ) -> web.Response:
         interaction = self._interaction_named(params)
         world = self._world
@@ -358,15 +439,18 @@ class Rest:
                 response=response,
                 since_dispatch=world.since_dispatch(interaction) if interaction else None,
                 interaction_id=interaction.id if interaction else None,
+                injected=injected,
             )
         )
         if route is not None and 200 <= status < 300 and response is not None:
             self._check_response(route, status, response)
         world.changes.notify()
-        all_headers = {"Via": "1.1 google", **headers, **_headers_for(response)}
+        all_headers = {**({"Via": "1.1 google"} if via else {}), **headers}
         if response is None:
             return web.Response(status=status, headers=all_headers)
-        return web.Response(status=status, body=json.dumps(response).encode(), headers=all_headers)
+        all_headers["Content-Type"] = content_type
+        data = response if isinstance(response, str) else json.dumps(response)
+        return web.Response(status=status, body=data.encode(), headers=all_headers)
 
     def _interaction_named(self, params: dict[str, str]) -> Interaction | None:
         if "interaction_id" in params:
@@ -387,7 +471,7 @@ class Rest:
             return
         resource = response.get("resource") if isinstance(response, dict) else None
         if isinstance(resource, dict) and resource.get("type") not in (
-            CHANNEL_MESSAGE,
+            CHANNEL_MESSAGE_WITH_SOURCE,
             UPDATE_MESSAGE,
         ):
             # The description allows only types 4 and 7 here; the live API also answers a
@@ -507,7 +591,7 @@ class Rest:
         self, interaction: Interaction, kind: int, data: JsonObject, files: list[Attachment]
     ) -> Message | None:
         world = self._world
-        if kind == CHANNEL_MESSAGE:
+        if kind == CHANNEL_MESSAGE_WITH_SOURCE:
             message = world.create_message(
                 interaction.channel_id,
                 world.bot,
@@ -543,11 +627,11 @@ class Rest:
         if params["webhook_id"] != str(world.application_id):
             raise errors.unknown_webhook()
         interaction = world.interaction_by_token(params["webhook_token"])
-        if (
-            interaction is None
-            or interaction.callback_type is None
-            or world.since_dispatch(interaction) > TOKEN_LIFETIME
-        ):
+        if interaction is None:
+            raise errors.unknown_webhook()
+        if world.since_dispatch(interaction) > TOKEN_LIFETIME:
+            raise errors.invalid_webhook_token()
+        if interaction.callback_type is None:
             raise errors.unknown_webhook()
         return interaction
 

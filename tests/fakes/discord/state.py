@@ -424,6 +424,8 @@ class World:
         message.allowed_mentions.append(allowed)
         if message.ephemeral:
             return Mentions()  # ephemeral messages never notify anyone
+        if allowed is None and message.webhook_id is not None:
+            allowed = {"parse": ["users"]}  # what interactions and webhooks parse by default
         return pings(
             message.content,
             allowed,
