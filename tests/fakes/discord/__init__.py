@@ -7,6 +7,7 @@ from .clock import Clock
 from .errors import DiscordError
 from .fake import DEFAULT_TOKEN, FakeDiscord
 from .faults import Fault, Scope
+from .gateway import MESSAGE_CONTENT
 from .interactions import InteractionHandle
 from .mentions import Mentions
 from .ratelimit import Limit, RateLimits
@@ -23,7 +24,16 @@ from .rest import (
     Call,
 )
 from .spec import SPEC_PATH, SpecViolation, spec_available
-from .state import CommandSync, User, VisibleMessage
+from .state import (
+    MANAGE_MESSAGES,
+    READ_MESSAGE_HISTORY,
+    SEND_MESSAGES,
+    SEND_MESSAGES_IN_THREADS,
+    VIEW_CHANNEL,
+    CommandSync,
+    User,
+    VisibleMessage,
+)
 
 __all__ = [
     "CALLBACK",
@@ -31,8 +41,14 @@ __all__ = [
     "CHANNEL_MESSAGES",
     "DEFAULT_TOKEN",
     "FOLLOWUP",
+    "MANAGE_MESSAGES",
+    "MESSAGE_CONTENT",
+    "READ_MESSAGE_HISTORY",
+    "SEND_MESSAGES",
+    "SEND_MESSAGES_IN_THREADS",
     "SPEC_PATH",
     "TYPING",
+    "VIEW_CHANNEL",
     "WEBHOOK_MESSAGE",
     "WEBHOOK_MESSAGES",
     "WEBHOOK_ORIGINAL",

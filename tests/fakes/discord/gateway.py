@@ -129,6 +129,11 @@ class Gateway:
         self.client_close_codes: list[int | None] = []
 
     @property
+    def enabled_intents(self) -> int:
+        """The privileged intents the application has enabled."""
+        return self._enabled_intents
+
+    @property
     def connected(self) -> int:
         """Connections that have identified or resumed and are still open."""
         return sum(1 for c in self._connections if c.session is not None and not c.closing)
@@ -368,16 +373,29 @@ class Gateway:
         return flags
 
     def dispatch(
-        self, event: str, data: JsonObject, *, intent: int = 0, guild_id: int | None = None
+        self,
+        event: str,
+        data: JsonObject,
+        *,
+        intent: int = 0,
+        guild_id: int | None = None,
+        without_content: JsonObject | None = None,
     ) -> None:
         """Send a DISPATCH to every session subscribed by ``intent`` (0: to all) on the
-        shard that owns ``guild_id`` (shard 0 for events outside guilds)."""
+        shard that owns ``guild_id`` (shard 0 for events outside guilds).
+
+        Sessions that did not identify with MESSAGE_CONTENT get ``without_content``
+        instead, when given.
+        """
         for session in list(self._sessions.values()):
             if intent and not session.intents & intent:
                 continue
             if not self._routes_to(session, guild_id):
                 continue
-            self._send_to(session, event, data)
+            if without_content is not None and not session.intents & MESSAGE_CONTENT:
+                self._send_to(session, event, without_content)
+            else:
+                self._send_to(session, event, data)
 
     def events(self, event: str) -> list[JsonObject]:
         """The data of every ``event`` dispatched so far, to any session."""

@@ -7,6 +7,13 @@ none), the global limit, the route's rate-limit bucket, the body (JSON, or multi
 against the OpenAPI description when it is present; a mismatch is recorded, never refused,
 because the live service is the authority on what it accepts.
 
+Channel routes check the bot's permissions in that channel (its roles, then the channel's
+overwrites; a thread takes its parent's): no VIEW_CHANNEL is 403 Missing Access (50001),
+a missing SEND_MESSAGES (SEND_MESSAGES_IN_THREADS in a thread) 403 Missing Permissions
+(50013), and a reply without READ_MESSAGE_HISTORY 403 160002. Without the MESSAGE_CONTENT
+intent enabled for the application, messages read over REST have their content fields
+empty unless the bot wrote them, they are in a DM, or they mention it.
+
 Every response carries ``Via: 1.1 google`` (discord.py retries a 429 only when it sees
 one) and, when it has a body, ``Content-Type: application/json`` exactly (discord.py
 parses JSON only on that exact value). Interaction followups always answer with the
@@ -38,11 +45,12 @@ from .spec import OpenApiSpec, SpecViolation
 from .state import (
     ATTACHMENT_SIZE_LIMIT,
     CALLBACK_WINDOW,
-    GUILD_TEXT,
+    DM,
+    MANAGE_MESSAGES,
     MAX_FILES,
-    MESSAGE_COMPONENT,
     READ_MESSAGE_HISTORY,
     SEND_MESSAGES,
+    SEND_MESSAGES_IN_THREADS,
     TOKEN_LIFETIME,
     VIEW_CHANNEL,
     Attachment,
@@ -51,6 +59,7 @@ from .state import (
     Interaction,
     Message,
     World,
+    numbered,
 )
 
 log = logging.getLogger(__name__)
@@ -67,7 +76,6 @@ WEBHOOK_MESSAGES = (WEBHOOK_ORIGINAL, WEBHOOK_MESSAGE)
 CHANNEL_MESSAGES = "/channels/{channel_id}/messages"
 CHANNEL_MESSAGE = "/channels/{channel_id}/messages/{message_id}"
 TYPING = "/channels/{channel_id}/typing"
-MANAGE_MESSAGES = 1 << 13
 
 # Interaction callback types. PONG (1) answers only PING interactions, which arrive over
 # HTTP, never the gateway; autocomplete results (8) answer autocomplete interactions, which
@@ -75,8 +83,17 @@ MANAGE_MESSAGES = 1 << 13
 CHANNEL_MESSAGE_WITH_SOURCE, DEFERRED_CHANNEL_MESSAGE = 4, 5
 DEFERRED_UPDATE_MESSAGE, UPDATE_MESSAGE = 6, 7
 MODAL, LAUNCH_ACTIVITY = 9, 12
+_MESSAGE_CALLBACKS = {
+    CHANNEL_MESSAGE_WITH_SOURCE,
+    DEFERRED_CHANNEL_MESSAGE,
+    DEFERRED_UPDATE_MESSAGE,
+    UPDATE_MESSAGE,
+}
 _CALLBACKS_FOR = {
     2: {CHANNEL_MESSAGE_WITH_SOURCE, DEFERRED_CHANNEL_MESSAGE, MODAL, LAUNCH_ACTIVITY},
+    # A modal submit cannot open another modal; the update types need the modal to have
+    # come from a component (checked in _callback).
+    5: _MESSAGE_CALLBACKS,
     3: {
         CHANNEL_MESSAGE_WITH_SOURCE,
         DEFERRED_CHANNEL_MESSAGE,
@@ -163,8 +180,10 @@ class Rest:
         gateway_url: Callable[[], str],
         application_flags: Callable[[], int],
         identify_count: Callable[[], int],
+        content_intent: Callable[[], bool] = lambda: False,
     ) -> None:
         self._world = world
+        self._content_intent = content_intent
         self._token = token
         self._limits = limits
         self._limiter = limiter
@@ -277,6 +296,7 @@ class Rest:
             route("GET", message, self._get_channel_message),
             channel("PATCH", message, self._edit_channel_message),
             channel("DELETE", message, self._delete_channel_message),
+            route("POST", TYPING, self._typing, major=("channel_id",)),
         ]
 
     def _match(self, method: str, path: str) -> tuple[_Route, dict[str, str]]:
@@ -459,6 +479,10 @@ class Rest:
             return self._world.interaction_by_token(params["webhook_token"])
         return None
 
+    def _payload(self, message: Message) -> JsonObject:
+        """A message as this application gets it over REST (see MESSAGE_CONTENT)."""
+        return message_payload(self._world, message, content_intent=self._content_intent())
+
     def _check_spec(self, route: _Route, body: Any) -> None:
         if self._spec is None or body is None or not self._spec.knows(route.method, route.template):
             return
@@ -566,14 +590,22 @@ class Rest:
                 ["data"], "MODEL_TYPE_CONVERT", "Only dictionaries may be used in a ModelType"
             )
         data = data or {}
-        if kind not in _CALLBACKS_FOR.get(interaction.type, set()):
+        updates = kind in (DEFERRED_UPDATE_MESSAGE, UPDATE_MESSAGE)
+        if kind not in _CALLBACKS_FOR.get(interaction.type, set()) or (
+            updates and interaction.source_message_id is None
+        ):
             raise errors.invalid_form(
                 ["type"], "INTERACTION_RESPONSE_TYPE_INVALID", "Invalid interaction response type"
             )
-        if kind in (MODAL, LAUNCH_ACTIVITY):
+        if kind == LAUNCH_ACTIVITY:
             raise DiscordError(400, 0, f"interaction callback type {kind} is not simulated")
-        rules.check_message_fields(data)
-        message = self._respond_to(interaction, kind, data, incoming.files)
+        message = None
+        if kind == MODAL:
+            rules.check_modal(data)
+            interaction.modal = {**data, "components": numbered(data["components"])}
+        else:
+            rules.check_message_fields(data)
+            message = self._respond_to(interaction, kind, data, incoming.files)
         interaction.callback_type = kind
         interaction.acknowledged_at = world.clock.monotonic()
         if not with_response:
@@ -584,7 +616,7 @@ class Rest:
             summary["response_message_id"] = str(message.id)
             summary["response_message_loading"] = message.loading
             summary["response_message_ephemeral"] = message.ephemeral
-            result["resource"] = {"type": kind, "message": message_payload(world, message)}
+            result["resource"] = {"type": kind, "message": self._payload(message)}
         return Reply(200, result)
 
     def _respond_to(
@@ -611,8 +643,9 @@ class Rest:
             interaction.original_id = message.id
             interaction.message_ids.append(message.id)
             return message
-        # DEFERRED_UPDATE_MESSAGE and UPDATE_MESSAGE act on the message with the component.
-        if interaction.type != MESSAGE_COMPONENT or interaction.source_message_id is None:
+        # DEFERRED_UPDATE_MESSAGE and UPDATE_MESSAGE act on the message with the component
+        # (for a modal submit, the component that opened the modal).
+        if interaction.source_message_id is None:
             raise AssertionError("update callbacks are only accepted for components")
         source = world.live_message(interaction.source_message_id)
         interaction.original_id = source.id
@@ -669,19 +702,19 @@ class Rest:
                 flags=rules.flags_of(body) & rules.SENDABLE_FLAGS,
             )
             interaction.message_ids.append(message.id)
-        return Reply(200, message_payload(world, message))
+        return Reply(200, self._payload(message))
 
     def _get_webhook_message(self, incoming: Incoming) -> Reply:
         interaction = self._webhook_interaction(incoming.params)
         message = self._webhook_message(interaction, incoming.params)
-        return Reply(200, message_payload(self._world, message))
+        return Reply(200, self._payload(message))
 
     def _edit_webhook_message(self, incoming: Incoming) -> Reply:
         interaction = self._webhook_interaction(incoming.params)
         message = self._webhook_message(interaction, incoming.params)
         self._world.edit_message(message, _object(incoming.body), attachments=incoming.files)
         interaction.edits += 1
-        return Reply(200, message_payload(self._world, message))
+        return Reply(200, self._payload(message))
 
     def _delete_webhook_message(self, incoming: Incoming) -> Reply:
         interaction = self._webhook_interaction(incoming.params)
@@ -691,37 +724,75 @@ class Rest:
 
     # Channel messages
 
-    def _bot_channel(self, params: dict[str, str], *, needs: int) -> Channel:
+    def _bot_channel(
+        self, params: dict[str, str], *, needs: int = 0, sending: bool = False
+    ) -> Channel:
+        """The channel a bot route names, once the bot may do ``needs`` there (and send,
+        with ``sending``: SEND_MESSAGES, or SEND_MESSAGES_IN_THREADS in a thread)."""
         world = self._world
         channel = world.channel(_snowflake_or_zero(params["channel_id"]))
-        if channel.type == GUILD_TEXT:
-            permissions = world.permissions_of(world.bot.id)
-            if not permissions & VIEW_CHANNEL:
-                raise errors.missing_access()
-            if permissions & needs != needs:
-                raise errors.missing_permissions()
+        if channel.type == DM:
+            return channel
+        if sending:
+            needs |= SEND_MESSAGES_IN_THREADS if channel.is_thread else SEND_MESSAGES
+        permissions = world.permissions_in(world.bot.id, channel)
+        if not permissions & VIEW_CHANNEL:
+            raise errors.missing_access()
+        if permissions & needs != needs:
+            raise errors.missing_permissions()
         return channel
 
     def _create_channel_message(self, incoming: Incoming) -> Reply:
         world = self._world
-        channel = self._bot_channel(incoming.params, needs=SEND_MESSAGES)
+        channel = self._bot_channel(incoming.params, sending=True)
         body = _object(incoming.body)
         rules.check_message_fields(body)
         nonce = body.get("nonce")
         if body.get("enforce_nonce") and nonce is not None:
             earlier = world.find_by_nonce(channel.id, world.bot, str(nonce))
             if earlier is not None:
-                return Reply(200, message_payload(world, earlier))
-        kind = rules_reference(world, channel, body)
+                return Reply(200, self._payload(earlier))
+        replying_to = self._replied_message(channel, body)
         message = world.create_message(
             channel.id,
             world.bot,
             body,
             attachments=incoming.files,
-            type=kind,
             flags=rules.flags_of(body) & (rules.SUPPRESS_EMBEDS | rules.SUPPRESS_NOTIFICATIONS),
+            replying_to=replying_to,
         )
-        return Reply(200, message_payload(world, message))
+        return Reply(200, self._payload(message))
+
+    def _replied_message(self, channel: Channel, body: JsonObject) -> Message | None:
+        """The message a post replies to, by Discord's rules: the bot must hold
+        READ_MESSAGE_HISTORY (403 160002); a reference to a message that is not in the
+        channel fails (50035) unless ``fail_if_not_exists`` is false, which sends the
+        post as a plain message."""
+        world = self._world
+        reference = body.get("message_reference")
+        if not reference:
+            return None
+        if reference.get("type") not in (None, 0):
+            raise DiscordError(400, 0, "message forwards are not simulated")
+        if channel.type != DM and not (
+            world.permissions_in(world.bot.id, channel) & READ_MESSAGE_HISTORY
+        ):
+            raise errors.cannot_reply_without_history()
+        target = world.messages.get(_snowflake_or_zero(reference.get("message_id")))
+        named_channel = reference.get("channel_id")
+        if (
+            target is not None
+            and not target.deleted
+            and target.visible_to is None
+            and target.channel_id == channel.id
+            and (named_channel is None or str(named_channel) == str(channel.id))
+        ):
+            return target
+        if reference.get("fail_if_not_exists") is not False:
+            raise errors.invalid_form(
+                ["message_reference"], "MESSAGE_REFERENCE_UNKNOWN_MESSAGE", "Unknown message"
+            )
+        return None
 
     def _get_channel_message(self, incoming: Incoming) -> Reply:
         channel = self._bot_channel(incoming.params, needs=READ_MESSAGE_HISTORY)
@@ -730,46 +801,37 @@ class Rest:
         )
         if message.visible_to is not None:
             raise errors.unknown_message()
-        return Reply(200, message_payload(self._world, message))
+        return Reply(200, self._payload(message))
 
     def _edit_channel_message(self, incoming: Incoming) -> Reply:
         world = self._world
-        channel = self._bot_channel(incoming.params, needs=0)
+        channel = self._bot_channel(incoming.params)
         message = world.live_message(_snowflake_or_zero(incoming.params["message_id"]), channel.id)
         if message.visible_to is not None:
             raise errors.unknown_message()
         world.bot_edit_message(message)
         world.edit_message(message, _object(incoming.body), attachments=incoming.files)
-        return Reply(200, message_payload(world, message))
+        return Reply(200, self._payload(message))
 
     def _delete_channel_message(self, incoming: Incoming) -> Reply:
         world = self._world
-        channel = self._bot_channel(incoming.params, needs=0)
+        channel = self._bot_channel(incoming.params)
         message = world.live_message(_snowflake_or_zero(incoming.params["message_id"]), channel.id)
         if message.visible_to is not None:
             raise errors.unknown_message()
         if message.author.id != world.bot.id and not (
-            channel.type == GUILD_TEXT and world.permissions_of(world.bot.id) & MANAGE_MESSAGES
+            channel.type != DM and world.permissions_in(world.bot.id, channel) & MANAGE_MESSAGES
         ):
             raise errors.missing_permissions()
         world.delete_message(message)
         return Reply(204)
 
-
-def rules_reference(world: World, channel: Channel, body: JsonObject) -> int:
-    """The message type for a channel post: a reply if it references a message that exists."""
-    reference = body.get("message_reference")
-    if not reference:
-        return 0
-    target = world.messages.get(_snowflake_or_zero(reference.get("message_id")))
-    if target is not None and not target.deleted and target.channel_id == channel.id:
-        return 19
-    if reference.get("fail_if_not_exists", True):
-        raise errors.invalid_form(
-            ["message_reference"], "MESSAGE_REFERENCE_UNKNOWN_MESSAGE", "Unknown message"
-        )
-    body.pop("message_reference")
-    return 0
+    def _typing(self, incoming: Incoming) -> Reply:
+        """The bot is typing: 204, and TYPING_START for those who listen."""
+        world = self._world
+        channel = self._bot_channel(incoming.params, sending=True)
+        world.start_typing(channel, world.bot)
+        return Reply(204)
 
 
 def _object(body: Any) -> JsonObject:
