@@ -1353,6 +1353,10 @@ async def test_an_ask_in_a_thread_is_answered_there() -> None:
         client = AskClient(answers=("there",))
         async with running(client, fake):
             await fake.wait_for(lambda: bool(fake.command_syncs))
+            await settled(client.wait_until_ready())
+            known = client.get_channel(thread_id)  # from GUILD_CREATE's active threads
+            assert isinstance(known, discord.Thread)
+            assert known.parent_id == fake.channel_id
             fake.dispatch_interaction("ask", {"prompt": "?"}, channel_id=thread_id)
             await settled(client.asked.wait())
         assert [m.content for m in fake.transcript(thread_id)] == ["there: ?"]
