@@ -40,8 +40,8 @@ One cut per round
     its times are not learnt. Without this one burst of refusals would drive the limit
     to its floor.
 Growth
-    A good answer grows the limit by 1 / max(limit, `PROBE_EVERY`), about one more call
-    per round of answers (TCP's additive increase), but only while every slot is in use:
+    Every max(limit, `PROBE_EVERY`) good answers grow the limit by one call, one more per
+    round of answers (TCP's additive increase), but only while every slot is in use:
     a limit nobody reaches proves nothing and would give no protection on the next
     burst. The floor of `PROBE_EVERY` spaces out probes at small limits, where each one
     is a request the provider may refuse: at a limit of 4, one in 16 answers at most.
@@ -157,7 +157,9 @@ class AdaptiveConcurrency:
         self._min = min_limit
         self._max = max_limit
         self._clock = clock
-        self._limit = float(initial)
+        self._limit = initial
+        # Good answers towards the next step of growth.
+        self._credit = 0
         # A cut takes effect once no more run than the new limit; attempts started
         # before that tell of the load before the cut.
         self._draining = False
@@ -178,7 +180,7 @@ class AdaptiveConcurrency:
     @property
     def limit(self) -> int:
         """The number of model calls allowed at once now."""
-        return int(self._limit)
+        return self._limit
 
     @property
     def baseline(self) -> float | None:
@@ -207,28 +209,34 @@ class AdaptiveConcurrency:
             self._good += 1  # answered, but its time tells of the load before the cut
             return
         slowdown = self._slowdown(seconds, now)
-        if slowdown > LATENCY_TOLERANCE:
+        if slowdown is not None and slowdown > LATENCY_TOLERANCE:
             self._overloaded += 1
             if self._slow_cut_at is None or slowdown > self._slow_cut_at:
                 self._slow_cut_at = slowdown
                 factor = max(MIN_LATENCY_FACTOR, LATENCY_TOLERANCE / slowdown)
                 self._cut(factor, f"answers {slowdown:.1f}x slower than usual", now)
             return
-        self._slow_cut_at = None
+        if slowdown is not None:
+            self._slow_cut_at = None
         self._good += 1
-        if running == self.limit:
-            self._set(self._limit + 1 / max(self._limit, PROBE_EVERY))
+        if running == self._limit:
+            self._credit += 1
+            if self._credit >= max(self._limit, PROBE_EVERY):
+                self._set(self._limit + 1)
 
-    def _slowdown(self, seconds: float, now: float) -> float:
-        """Fold in a good attempt's time; how many times the baseline recent ones take."""
+    def _slowdown(self, seconds: float, now: float) -> float | None:
+        """Fold in a good attempt's time; how many times the baseline recent ones take.
+
+        None while there is no verdict yet: the baseline or the recent times still unknown.
+        """
         self._recent.append(seconds)
         if self._samples < BASELINE_SAMPLES:
             self._samples += 1
             self._baseline += (seconds - self._baseline) / self._samples
             self._baseline_at = now
-            return 1.0
+            return None
         if len(self._recent) < MIN_RECENT or self._baseline <= 0:
-            return 1.0
+            return None
         median = statistics.median(self._recent)
         slowdown = median / self._baseline
         # Drift towards what the provider does now, so a lasting new pace becomes the usual.
@@ -240,10 +248,10 @@ class AdaptiveConcurrency:
     def _cut(self, factor: float, reason: str, now: float) -> None:
         running = self._gate.running
         before = self.limit
-        self._set(min(self._limit, float(running)) * min(MAX_FACTOR, factor))
+        self._set(math.floor(min(self._limit, running) * min(MAX_FACTOR, factor)))
         self._draining = running > self.limit
         self._settled_at = now
-        self._good = self._overloaded = 0
+        self._good = self._overloaded = self._credit = 0
         self._recent.clear()
         self.cuts += 1
         log.info(
@@ -253,8 +261,9 @@ class AdaptiveConcurrency:
             self.limit,
         )
 
-    def _set(self, limit: float) -> None:
-        before = self.limit
-        self._limit = min(float(self._max), max(float(self._min), limit))
-        if self.limit != before:
-            self._gate.resize(self.limit)
+    def _set(self, limit: int) -> None:
+        before = self._limit
+        self._limit = min(self._max, max(self._min, limit))
+        self._credit = 0
+        if self._limit != before:
+            self._gate.resize(self._limit)
