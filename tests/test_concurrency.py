@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from bot.config import ConfigError, load_settings
 from bot.fair_use.concurrency import (
     BASELINE_SAMPLES,
     INITIAL_LIMIT,
@@ -48,9 +49,9 @@ class Clock:
         return self.now
 
 
-def controller(running: int, initial: int = INITIAL_LIMIT, **bounds: int) -> tuple[
-    AdaptiveConcurrency, Gate, Clock
-]:
+def controller(
+    running: int, initial: int = INITIAL_LIMIT, **bounds: int
+) -> tuple[AdaptiveConcurrency, Gate, Clock]:
     gate, clock = Gate(running=running), Clock()
     return AdaptiveConcurrency(gate, initial=initial, clock=clock, **bounds), gate, clock
 
@@ -251,6 +252,34 @@ def test_timeouts_cut_like_refusals() -> None:
     assert control.limit == 30
 
 
+# --- the settings -----------------------------------------------------------------------------
+
+
+def test_unset_the_limit_adapts_and_a_number_pins_it() -> None:
+    adaptive = load_settings({"MAX_CONCURRENT_ASKS": " "}, require_discord=False)
+    assert adaptive.adaptive_concurrency
+    assert adaptive.max_concurrent_asks == INITIAL_LIMIT
+    pinned = load_settings({"MAX_CONCURRENT_ASKS": "8"}, require_discord=False)
+    assert not pinned.adaptive_concurrency
+    assert pinned.max_concurrent_asks == 8
+
+
+def test_per_user_asks_default_to_two_and_can_be_set() -> None:
+    assert load_settings({}, require_discord=False).max_asks_per_user == 2
+    assert load_settings({"MAX_ASKS_PER_USER": "5"}, require_discord=False).max_asks_per_user == 5
+
+
+def test_bad_concurrency_settings_are_reported_together() -> None:
+    env = {"MAX_CONCURRENT_ASKS": "0", "MAX_ASKS_PER_USER": "many"}
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env, require_discord=False)
+    assert caught.value.problems == [
+        "MAX_CONCURRENT_ASKS must be a whole number > 0, or empty for a limit that adapts "
+        "to the provider (got '0').",
+        "MAX_ASKS_PER_USER must be a whole number > 0 (got 'many').",
+    ]
+
+
 # --- a simulated provider with a hidden limit -------------------------------------------------
 
 
@@ -319,17 +348,17 @@ def test_a_fixed_limit_below_a_large_provider_wastes_it_the_adaptive_one_does_no
 def test_a_provider_that_queues_is_not_sent_far_more_than_it_serves() -> None:
     """Ollama-like: no 429 ever, only longer waits. Learnt on a quiet start, then a crowd."""
 
-    async def main() -> tuple[Outcome, AdaptiveConcurrency, HiddenLimitProvider]:
+    async def main() -> tuple[Outcome, AdaptiveConcurrency]:
         loop = asyncio.get_running_loop()
         gate = AskGate(1, max_queued=200)
         control = AdaptiveConcurrency(gate, clock=loop.time)
         provider = HiddenLimitProvider(8, random.Random(2), queues=True)
         await simulate(gate, provider, users=4, seconds=60, observer=control)
         crowd = await simulate(gate, provider, users=200, seconds=200, observer=control)
-        return crowd, control, provider
+        return crowd, control
 
     with asyncio.Runner(loop_factory=VirtualTimeLoop) as runner:
-        crowd, control, provider = runner.run(main())
+        crowd, control = runner.run(main())
     assert control.cuts >= 1
     # Without the latency signal all 200 would be sent at once (the initial 256); with it
     # the provider queues a few times its parallelism at most, and drifts slowly.
