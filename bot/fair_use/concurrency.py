@@ -254,6 +254,8 @@ class AdaptiveConcurrency:
         self._good = self._overloaded = self._credit = 0
         self._recent.clear()
         self.cuts += 1
+        if self.limit == before:
+            return  # already at the floor: one line per change, not per refusal
         log.info(
             "model provider overloaded (%s): concurrent model calls %d -> %d",
             reason,
