@@ -41,7 +41,10 @@ RULE = "\N{BOX DRAWINGS LIGHT HORIZONTAL}" * 3
 EMPTY_PROMPT = 'Please give a prompt, for example: python -m bot ask "What is a monad?"'
 THINKING = "thinking\N{HORIZONTAL ELLIPSIS}"
 PROMPT = "> "
-HINT = "Type a question and press Enter. Ctrl-C stops an answer; Ctrl-D or Ctrl-C here quits."
+HINT = (
+    "Type a question and press Enter. Ctrl-C stops an answer; at the prompt, Ctrl-C or "
+    "Ctrl-D quits."
+)
 BUILTIN_HINT = (
     " The built-in model is tiny, for trying the bot out: set OPENAI_API_KEY or "
     "OPENAI_BASE_URL for a real one."
@@ -329,13 +332,9 @@ class Terminal:
         finally:
             self._on_interrupt = lambda: None
             quitting.cancel()
-            if not reading.done():
-                reading.cancel()
-        if quit_.is_set() and not reading.done():
-            return None
-        with contextlib.suppress(asyncio.CancelledError):
-            return reading.result()
-        return None
+            line = reading.result() if reading.done() else None
+            reading.cancel()
+        return line
 
     @contextlib.contextmanager
     def _interrupts(self) -> Iterator[None]:

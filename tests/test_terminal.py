@@ -546,11 +546,33 @@ async def test_ctrl_c_during_an_answer_stops_it_and_returns_to_the_prompt(
     assert "Traceback" not in screen.text
 
 
-async def test_ctrl_c_before_any_text_stops_the_answer(
+async def test_ctrl_c_stops_a_single_prompt_keeping_its_text(
     server: FakeOpenAI, terminal_env: dict[str, str], tmp_path: Path
 ) -> None:
     gate = server.gated_stream()
-    screen = await Screen.start("ask", env=terminal_env, cwd=tmp_path)
+    kept = "The first part of the answer."
+    [stopped] = final_parts(kept, replies.STOPPED_NOTE)
+    screen = await Screen.start("ask", "Tell me a story", env=terminal_env, cwd=tmp_path)
+    try:
+        await gate.send(kept)
+        await screen.expect(kept)
+        screen.type("\x03")
+        await screen.expect(
+            f"{replies.STOPPED_NOTE}\n─── message 1 · {len(stopped)} characters ───\n"
+        )
+        assert await screen.exit_status() == 130  # as for any command ended by Ctrl-C
+    finally:
+        await screen.close()
+    assert "restart" not in screen.text
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["streamed", "not-streamed"])
+async def test_ctrl_c_before_any_text_stops_the_answer(
+    server: FakeOpenAI, terminal_env: dict[str, str], tmp_path: Path, stream: bool
+) -> None:
+    gate = server.gated_stream()
+    env = {**terminal_env, "STREAM_RESPONSES": str(stream).lower()}
+    screen = await Screen.start("ask", env=env, cwd=tmp_path)
     try:
         await screen.expect(PROMPT)
         screen.type("Tell me a story\r")
