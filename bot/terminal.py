@@ -172,9 +172,10 @@ class TerminalMessages:
             return
         self._abandoned = True
         if self._printed:
-            self._write("\n")
+            # Closed as far as it got: that much is on the screen.
+            self._rule(self._closed, len(self._printed))
             self._closed += 1
-        self._printed = ""
+            self._printed = ""
         self._write(note)
         self._rule(self._closed, len(note))
 
