@@ -34,6 +34,8 @@ class Recorder:
     shown: list[tuple[str, discord.ui.View | None]] = field(default_factory=list)
     writes: list[Shown] = field(default_factory=list)
     finished: list[str] | None = None
+    wrote: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set by every accepted write."""
 
     @property
     def count(self) -> int:
@@ -50,6 +52,7 @@ class Recorder:
         else:
             self.shown[index] = (content, view)
         self.writes.append(Shown(index, content, view))
+        self.wrote.set()
 
     async def finish(self, parts: Sequence[str]) -> None:
         self.finished = list(parts)
@@ -191,8 +194,7 @@ async def test_the_final_content_is_not_held_back_by_the_edit_interval() -> None
     live = LiveReply(recorder, interval=3600.0, limit=LIMIT)
     renderer = asyncio.create_task(live.run())
     live.update("The first words")
-    while not recorder.writes:
-        await asyncio.sleep(0)
+    await recorder.wrote.wait()
     live.update("The first words and the rest")
     async with asyncio.timeout(30):
         await live.close(["The first words and the rest."], renderer)
@@ -204,8 +206,7 @@ async def test_a_progress_edit_discord_refuses_is_retried_with_the_latest_text()
     live = LiveReply(recorder, interval=0.0, limit=LIMIT)
     renderer = asyncio.create_task(live.run())
     live.update("Partial")
-    while not recorder.writes:
-        await asyncio.sleep(0)
+    await recorder.wrote.wait()
     await live.close(["Partial and final."], renderer)
     assert recorder.attempts >= 2
     assert recorder.shown == [("Partial and final.", None)]
@@ -217,8 +218,7 @@ async def test_a_final_write_is_tried_again_then_given_up_with_its_buttons_stopp
     live = LiveReply(recorder, interval=0.0, view_factory=view, limit=LIMIT)
     renderer = asyncio.create_task(live.run())
     live.update("Partial")
-    while not recorder.writes:
-        await asyncio.sleep(0)
+    await recorder.wrote.wait()
     recorder.failures = [DeliveryFailed("500")] * FINAL_ATTEMPTS
     with pytest.raises(DeliveryFailed):
         await live.close(["Partial and final."], renderer)
@@ -233,8 +233,7 @@ async def test_a_deleted_message_ends_rendering_at_once_with_its_buttons_stopped
     live = LiveReply(recorder, interval=0.0, view_factory=view, limit=LIMIT)
     renderer = asyncio.create_task(live.run())
     live.update("Partial")
-    while not recorder.writes:
-        await asyncio.sleep(0)
+    await recorder.wrote.wait()
     recorder.failures = [MessageGone("deleted")]
     live.update("Partial and more")
     with pytest.raises(MessageGone):
