@@ -1,9 +1,12 @@
-"""Daily budgets and the SQLite usage store: counts add up, survive restarts, reset at 00:00 UTC."""
+"""Daily budgets and the SQLite usage store: counts add up, survive restarts, reset at 00:00 UTC;
+reservations keep concurrent asks under a limit and settle what they really cost."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
+from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -13,12 +16,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bot.fair_use.budgets import (
+    HOLD_LIFETIME,
     Budget,
     DailyBudgets,
+    Reservation,
     Scope,
     Totals,
     UsageReport,
     UsageStore,
+    ask_estimate,
     estimate_tokens,
     next_reset,
     utc_day,
@@ -55,6 +61,21 @@ def test_token_estimate_is_at_least_one_and_never_far_below_a_quarter(text: str)
     estimate = estimate_tokens(text)
     assert estimate >= 1
     assert len(text) / 4 <= estimate < len(text) / 4 + 1
+
+
+@pytest.mark.parametrize(
+    ("prompt_tokens", "max_output_tokens", "estimate"),
+    [(100, 1000, 1100), (100, None, 1100), (30, 50, 80), (0, 0, 1)],
+)
+def test_an_ask_reserves_its_prompt_and_the_most_it_may_write(
+    prompt_tokens: int, max_output_tokens: int | None, estimate: int
+) -> None:
+    assert ask_estimate(prompt_tokens, max_output_tokens) == estimate
+
+
+def test_an_ask_estimate_refuses_a_negative_prompt() -> None:
+    with pytest.raises(ValueError, match="0 or more"):
+        ask_estimate(-1, 100)
 
 
 # --- days and resets --------------------------------------------------------------------------
@@ -276,3 +297,287 @@ async def test_usage_report_for_the_usage_command(store: SqliteUsageStore) -> No
     in_dm = await budgets.usage_report(ALICE, None, NOON)
     assert (in_dm.user_tokens, in_dm.guild_tokens, in_dm.guild_limit) == (1200, None, None)
     assert in_dm.resets_at_unix == 1741996800
+
+
+# --- reservations -----------------------------------------------------------------------------
+
+
+class CountingStore:
+    """The real store, counting the calls made to it."""
+
+    def __init__(self, store: SqliteUsageStore) -> None:
+        self._store = store
+        self.calls: Counter[str] = Counter()
+
+    async def add(self, day: str, user_id: int, guild_id: int | None, tokens: int) -> None:
+        self.calls["add"] += 1
+        await self._store.add(day, user_id, guild_id, tokens)
+
+    async def totals(self, day: str, user_id: int, guild_id: int | None) -> Totals:
+        self.calls["totals"] += 1
+        return await self._store.totals(day, user_id, guild_id)
+
+    async def reserve(
+        self,
+        reservation: Reservation,
+        user_limit: int | None,
+        guild_limit: int | None,
+        now: float,
+    ) -> Scope | None:
+        self.calls["reserve"] += 1
+        return await self._store.reserve(reservation, user_limit, guild_limit, now)
+
+    async def settle(self, reservation: Reservation, tokens: int) -> None:
+        self.calls["settle"] += 1
+        await self._store.settle(reservation, tokens)
+
+    async def prune(self, before: str, now: float | None = None) -> int:
+        self.calls["prune"] += 1
+        return await self._store.prune(before, now)
+
+    async def close(self) -> None:
+        await self._store.close()
+
+
+async def used(budgets: DailyBudgets, user_id: int = ALICE, at: datetime = NOON) -> int:
+    return (await budgets.usage_report(user_id, GUILD, at)).user_tokens
+
+
+async def test_simultaneous_asks_cannot_all_slip_under_the_limit(store: SqliteUsageStore) -> None:
+    # Five asks at once, each estimated at a 100-token prompt plus a 1000-token output cap.
+    budgets = DailyBudgets(store, Budget(user_daily_tokens=100))
+    holds = await asyncio.gather(*(budgets.reserve(ALICE, GUILD, 1100, NOON) for _ in range(5)))
+    allowed = [hold for hold in holds if hold.allowed]
+    assert len(allowed) == 1
+    refused = [hold for hold in holds if not hold.allowed]
+    assert {hold.exhausted for hold in refused} == {Scope.USER}
+    assert {hold.resets_at_unix for hold in refused} == {1741996800}
+    await allowed[0].settle(550)
+    assert await used(budgets) == 550
+
+
+async def test_small_asks_are_let_in_until_the_held_tokens_reach_the_limit(
+    store: SqliteUsageStore,
+) -> None:
+    budgets = DailyBudgets(store, Budget(user_daily_tokens=100, guild_daily_tokens=1000))
+    holds = await asyncio.gather(*(budgets.reserve(ALICE, GUILD, 30, NOON) for _ in range(10)))
+    # 0, 30, 60 and 90 held are each below 100; at 120 the rest are refused.
+    assert sum(hold.allowed for hold in holds) == 4
+    # Others in the server are not held back by Alice's holds until the server's are spent.
+    assert (await budgets.reserve(BOB, GUILD, 30, NOON)).allowed
+
+
+async def test_settling_counts_the_real_tokens_not_the_estimate(store: SqliteUsageStore) -> None:
+    budgets = DailyBudgets(store, Budget(user_daily_tokens=1000))
+    hold = await budgets.reserve(ALICE, GUILD, 1100, NOON)
+    assert hold.allowed
+    assert hold.held == 1100
+    assert not (await budgets.reserve(ALICE, GUILD, 1100, NOON)).allowed
+    await hold.settle(120)
+    assert (hold.held, hold.settled) == (0, True)
+    report = await budgets.usage_report(ALICE, GUILD, NOON)
+    assert (report.user_tokens, report.guild_tokens) == (120, 120)
+    assert (await budgets.reserve(ALICE, GUILD, 1100, NOON)).allowed
+
+
+async def test_a_call_that_consumed_nothing_costs_nothing(store: SqliteUsageStore) -> None:
+    budgets = DailyBudgets(store, Budget(user_daily_tokens=100))
+    hold = await budgets.reserve(ALICE, GUILD, 1100, NOON)
+    await hold.settle(0)
+    assert await used(budgets) == 0
+    assert (await budgets.reserve(ALICE, GUILD, 1100, NOON)).allowed
+
+
+async def test_only_the_first_settle_counts(store: SqliteUsageStore) -> None:
+    budgets = DailyBudgets(store, Budget(user_daily_tokens=1000))
+    hold = await budgets.reserve(ALICE, GUILD, 500, NOON)
+    await asyncio.gather(hold.settle(50), hold.settle(50))
+    await hold.settle(0)  # as a `finally:` would, after the normal path settled
+    await hold.settle(70)
+    assert await used(budgets) == 50
+
+
+async def test_with_no_limits_reserving_costs_no_store_call(store: SqliteUsageStore) -> None:
+    counting = CountingStore(store)
+    budgets = DailyBudgets(counting, Budget(user_daily_tokens=None, guild_daily_tokens=500))
+    # In a direct message the server budget does not apply either: nothing to enforce.
+    for guild_id in (None, GUILD):
+        unlimited = DailyBudgets(counting, Budget()) if guild_id else budgets
+        hold = await unlimited.reserve(ALICE, guild_id, 1100, NOON)
+        assert hold.allowed
+        assert hold.held == 0
+        await hold.settle(0)
+        assert counting.calls == Counter()
+        await (await unlimited.reserve(ALICE, guild_id, 1100, NOON)).settle(40)
+        # The real cost is still counted, with one write.
+        assert counting.calls == Counter(add=1)
+        counting.calls.clear()
+    assert await used(budgets) == 80
+
+
+async def test_a_refused_hold_settles_without_a_store_call(store: SqliteUsageStore) -> None:
+    counting = CountingStore(store)
+    budgets = DailyBudgets(counting, Budget(user_daily_tokens=10))
+    await budgets.record(ALICE, GUILD, 10, NOON)
+    counting.calls.clear()
+    refused = await budgets.reserve(ALICE, GUILD, 5, NOON)
+    assert refused.exhausted is Scope.USER
+    await refused.settle(0)
+    assert counting.calls == Counter(reserve=1)
+
+
+async def test_a_hold_across_midnight_counts_on_the_day_it_was_reserved(
+    store: SqliteUsageStore,
+) -> None:
+    budgets = DailyBudgets(store, Budget(user_daily_tokens=100))
+    late = await budgets.reserve(ALICE, GUILD, 100, MIDNIGHT - timedelta(seconds=1))
+    assert late.day == DAY
+    # The new day starts afresh even while yesterday's answer is still being written.
+    fresh = await budgets.reserve(ALICE, GUILD, 100, MIDNIGHT + timedelta(seconds=1))
+    assert fresh.allowed
+    assert fresh.resets_at == MIDNIGHT + timedelta(days=1)
+    await late.settle(80)
+    await fresh.settle(10)
+    assert await used(budgets, at=NOON) == 80
+    assert await used(budgets, at=MIDNIGHT) == 10
+
+
+async def test_a_hold_never_settled_stops_counting_once_it_expires(
+    store: SqliteUsageStore,
+) -> None:
+    budgets = DailyBudgets(store, Budget(user_daily_tokens=100))
+    # The process holding this crashes before it can settle.
+    assert (await budgets.reserve(ALICE, GUILD, 1100, NOON)).allowed
+    almost = NOON + HOLD_LIFETIME - timedelta(seconds=1)
+    assert (await budgets.reserve(ALICE, GUILD, 10, almost)).exhausted is Scope.USER
+    assert (await budgets.reserve(ALICE, GUILD, 10, NOON + HOLD_LIFETIME)).allowed
+
+
+async def test_a_cancelled_reservation_gives_its_hold_back(store: SqliteUsageStore) -> None:
+    budgets = DailyBudgets(store, Budget(user_daily_tokens=100))
+    # Another process holds the file, so the reservation is still under way when the
+    # ask is cancelled (say by a shutdown); it completes on the store's thread regardless.
+    locker = sqlite3.connect(store.path, isolation_level=None)
+    locker.execute("BEGIN IMMEDIATE")
+    reserving = asyncio.create_task(budgets.reserve(ALICE, GUILD, 1100, NOON))
+    started = asyncio.Event()
+
+    async def mark_started() -> None:
+        started.set()
+
+    await asyncio.create_task(mark_started())
+    await started.wait()
+    assert not reserving.done()
+    reserving.cancel()
+    locker.execute("COMMIT")
+    locker.close()
+    with pytest.raises(asyncio.CancelledError):
+        await reserving
+    assert (await budgets.reserve(ALICE, GUILD, 1100, NOON)).allowed
+    assert await used(budgets) == 0
+
+
+async def test_reserving_checks_its_input(store: SqliteUsageStore) -> None:
+    budgets = DailyBudgets(store, Budget(user_daily_tokens=100))
+    with pytest.raises(ValueError, match="at least 1"):
+        await budgets.reserve(ALICE, GUILD, 0, NOON)
+    with pytest.raises(ValueError, match="time zone"):
+        await budgets.reserve(ALICE, GUILD, 10, datetime(2025, 3, 14, 12))
+    hold = await budgets.reserve(ALICE, GUILD, 10, NOON)
+    with pytest.raises(ValueError, match="0 or more"):
+        await hold.settle(-1)
+    assert not hold.settled
+    with pytest.raises(ValueError, match="positive"):
+        DailyBudgets(store, Budget(), hold_lifetime=timedelta(0))
+
+
+async def test_the_usage_report_shows_spent_tokens_not_holds(store: SqliteUsageStore) -> None:
+    budgets = DailyBudgets(store, Budget(user_daily_tokens=5000, guild_daily_tokens=20000))
+    await budgets.record(ALICE, GUILD, 1200, NOON)
+    hold = await budgets.reserve(ALICE, GUILD, 1100, NOON)
+    report = await budgets.usage_report(ALICE, GUILD, NOON)
+    assert (report.user_tokens, report.guild_tokens) == (1200, 1200)
+    await hold.settle(300)
+    report = await budgets.usage_report(ALICE, GUILD, NOON)
+    assert (report.user_tokens, report.guild_tokens) == (1500, 1500)
+
+
+async def test_a_hold_says_what_it_holds_and_nothing_more(store: SqliteUsageStore) -> None:
+    budgets = DailyBudgets(store, Budget(user_daily_tokens=10))
+    hold = await budgets.reserve(ALICE, None, 25, NOON)
+    assert repr(hold) == (
+        "Hold(day='2025-03-14', user_id=1001, guild_id=None, exhausted=None, held=25, "
+        "settled=False)"
+    )
+    refused = await budgets.reserve(ALICE, None, 25, NOON)
+    assert "exhausted=Scope.USER, held=0," in repr(refused)
+
+
+# --- pruning ----------------------------------------------------------------------------------
+
+
+async def test_pruning_keeps_today_and_yesterday_and_drops_expired_holds(
+    store: SqliteUsageStore,
+) -> None:
+    budgets = DailyBudgets(store, Budget(user_daily_tokens=1000))
+    for day in (12, 13, 14):
+        await budgets.record(ALICE, GUILD, 10, datetime(2025, 3, day, 12, tzinfo=UTC))
+    abandoned = await budgets.reserve(ALICE, GUILD, 500, NOON - HOLD_LIFETIME)
+    running = await budgets.reserve(ALICE, GUILD, 400, NOON)
+    # The 12th's user and server counts, and the hold that expired at noon.
+    assert await budgets.prune(NOON) == 3
+    assert abandoned.held == 500  # the store forgot it; a late settle would still count
+    assert await used(budgets, at=datetime(2025, 3, 12, 12, tzinfo=UTC)) == 0
+    assert await used(budgets, at=datetime(2025, 3, 13, 12, tzinfo=UTC)) == 10
+    assert await used(budgets) == 10
+    # The running hold is kept: 10 counted + 400 held + 590 more reach the limit.
+    assert (await budgets.reserve(ALICE, GUILD, 590, NOON)).allowed
+    assert not (await budgets.reserve(ALICE, GUILD, 1, NOON)).allowed
+    await running.settle(0)
+    assert await budgets.prune(NOON) == 0
+
+
+class StopPruning(Exception):
+    pass
+
+
+async def test_pruning_runs_again_after_a_failure(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = await SqliteUsageStore.open(tmp_path, busy_timeout=0.01)
+    try:
+        budgets = DailyBudgets(store, Budget(), clock=lambda: NOON)
+        await budgets.record(ALICE, GUILD, 10, datetime(2025, 3, 1, tzinfo=UTC))
+        # Another process holds the file for longer than the store waits.
+        locker = sqlite3.connect(store.path, isolation_level=None)
+        locker.execute("BEGIN IMMEDIATE")
+        pauses: list[float] = []
+
+        async def sleep(seconds: float) -> None:
+            pauses.append(seconds)
+            if len(pauses) == 1:
+                locker.execute("COMMIT")
+                locker.close()
+            else:
+                raise StopPruning
+
+        with caplog.at_level(logging.INFO, "bot.fair_use.budgets"), pytest.raises(StopPruning):
+            await budgets.keep_pruned(timedelta(minutes=30), sleep=sleep)
+        assert pauses == [1800.0, 1800.0]
+        messages = [record.getMessage() for record in caplog.records]
+        assert len(messages) == 2
+        assert messages[0].startswith("could not prune the usage store (will retry): ")
+        assert "locked" in messages[0]
+        assert messages[1] == "pruned 2 old usage counts and expired holds"
+        assert (await budgets.usage_report(ALICE, GUILD, datetime(2025, 3, 1, tzinfo=UTC))) == (
+            UsageReport(
+                day="2025-03-01",
+                user_tokens=0,
+                user_limit=None,
+                guild_tokens=0,
+                guild_limit=None,
+                resets_at=datetime(2025, 3, 2, tzinfo=UTC),
+            )
+        )
+    finally:
+        await store.close()
