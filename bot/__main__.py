@@ -4,8 +4,11 @@
     python -m bot sync     register the slash commands globally, then exit
     python -m bot ask "…"  answer in the terminal exactly as the bot would in Discord
 
-Exit status: 0 after a clean shutdown, 1 when Discord or the provider refuses to start,
-2 for bad configuration.
+Settings come from the environment and from `.env` in the working directory; real
+environment variables win. Exit status: 0 after a clean shutdown, 1 when Discord or the
+provider cannot be reached or refuses, or start-up fails, 2 for bad configuration, and
+128 + the signal's number (130 for Ctrl-C) when a second SIGINT or SIGTERM cuts a graceful
+shutdown short.
 """
 
 from __future__ import annotations
@@ -13,23 +16,29 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
 import sqlite3
 import sys
+import textwrap
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import TextIO
+from typing import NoReturn, TextIO
 
+import aiohttp
 import discord
+import discord.http
+import yarl
 from dotenv import load_dotenv
 
+from bot import logs
 from bot.config import ConfigError, Settings, load_settings
 from bot.discord_app.ask import FairUse
 from bot.discord_app.client import AskBot
 from bot.fair_use.access import AccessRules
-from bot.fair_use.budgets import Budget, DailyBudgets
+from bot.fair_use.budgets import Budget, DailyBudgets, Reservation, Scope, Totals
 from bot.fair_use.limits import AskGate, Cooldown, InFlight
 from bot.metrics import Metrics
 from bot.model.llm import Completer, make_client, open_completer
@@ -44,6 +53,7 @@ EXIT_FAILURE = 1
 EXIT_CONFIG = 2
 # Seconds answers cut off at shutdown get to write their closing note.
 CLOSING_TIMEOUT = 5.0
+ENV_FILE = ".env"
 
 
 class StartupError(Exception):
@@ -52,19 +62,13 @@ class StartupError(Exception):
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
-    # Real environment variables win over the .env file. The file is the working
-    # directory's: without a path, python-dotenv searches upwards from this module's
-    # folder, which misses the operator's .env once the bot is installed as a package.
-    load_dotenv(".env", override=False)
     try:
-        settings = load_settings(os.environ, require_discord=args.command != "ask")
+        settings = read_settings(require_discord=args.command != "ask")
     except ConfigError as error:
         print(error, file=sys.stderr)
         return EXIT_CONFIG
     # In the terminal, stdout carries the answer; logs go beside it.
-    configure_logging(
-        settings.log_level, stream=sys.stderr if args.command == "ask" else sys.stdout
-    )
+    configure_logging(settings, stream=sys.stderr if args.command == "ask" else sys.stdout)
     try:
         if args.command == "sync":
             return asyncio.run(sync_commands(settings))
@@ -78,16 +82,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
 
 
-def configure_logging(level: str, stream: TextIO = sys.stdout) -> None:
-    """Log to stdout (hosted platforms keep no files), one line per record."""
-    logging.basicConfig(
-        level=level,
-        stream=stream,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        force=True,
+def read_settings(*, require_discord: bool = True) -> Settings:
+    """The settings as `python -m bot` reads them: `.env`, then `os.environ` on top.
+
+    The file is the working directory's `.env`; without a path, python-dotenv searches
+    upwards from this module's folder, which misses the operator's `.env` once the bot is
+    installed as a package. Real environment variables win over the file. Raises
+    `ConfigError` listing every problem.
+    """
+    load_dotenv(ENV_FILE, override=False)
+    return load_settings(os.environ, require_discord=require_discord)
+
+
+def configure_logging(settings: Settings, stream: TextIO = sys.stdout) -> None:
+    """Log to `stream`, one line per record, with the bot's secrets redacted from each."""
+    secrets = [
+        secret.reveal()
+        for secret in (settings.discord_token, settings.openai_api_key)
+        if secret is not None
+    ]
+    logs.configure_logging(
+        settings.log_level,
+        stream,
+        library_level=settings.library_log_level,
+        secrets=secrets,
     )
-    # The HTTP client logs every request at INFO; that is noise for operators.
-    logging.getLogger("httpx2").setLevel(logging.WARNING)
     # The bot never joins voice, so discord.py's warnings about missing voice libraries
     # would only worry operators.
     discord.VoiceClient.warn_nacl = False
@@ -98,8 +117,9 @@ async def run_bot(settings: Settings, stop: asyncio.Event | None = None) -> int:
     """Run until `stop` is set (SIGTERM/SIGINT set it), then shut down gracefully.
 
     On stop, new asks are told the bot is restarting, answers in flight get up to
-    SHUTDOWN_GRACE seconds to finish, then everything closes. Returns the exit status;
-    raises nothing for the failures an operator can fix.
+    SHUTDOWN_GRACE seconds to finish, then everything closes. A second SIGINT or SIGTERM
+    during that ends the process at once. Returns the exit status; raises nothing for
+    the failures an operator can fix.
     """
     stop = stop or asyncio.Event()
     _stop_on_signals(stop)
@@ -109,6 +129,7 @@ async def run_bot(settings: Settings, stop: asyncio.Event | None = None) -> int:
         open_completer(settings) as completer,
         AskBot(settings, completer, fair_use) as bot,
     ):
+        _fail_fast_on_first_gateway_connect(bot)
         runner = asyncio.create_task(bot.start(settings.discord_token.reveal()))
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -123,6 +144,12 @@ async def run_bot(settings: Settings, stop: asyncio.Event | None = None) -> int:
             return EXIT_FAILURE
         except discord.PrivilegedIntentsRequired:
             log.error("Discord refused a privileged intent this bot does not need")
+            return EXIT_FAILURE
+        except Exception as error:
+            unreachable = discord_unreachable(error)
+            if unreachable is None:
+                raise
+            log.error("%s", unreachable)
             return EXIT_FAILURE
     log.info("stopped")
     return EXIT_OK
@@ -207,39 +234,315 @@ async def ask_in_terminal(settings: Settings, prompt: str | None) -> int:
 async def sync_commands(settings: Settings) -> int:
     """Register the slash commands for every server the bot is in."""
     assert settings.discord_token is not None, "load_settings requires the token"
-    # Syncing never calls the model, so no provider (or built-in model) is started.
-    async with make_client(settings) as client, open_fair_use(settings) as fair_use:
+    # Syncing only logs in and registers commands: no provider (or built-in model), no
+    # usage database and no metrics port, so it works beside a running bot.
+    async with make_client(settings) as client:
         completer = Completer.from_settings(client, settings)
+        fair_use = _fair_use_for_sync(settings)
         async with AskBot(settings, completer, fair_use, sync_on_start=False) as bot:
             try:
                 await bot.login(settings.discord_token.reveal())
+                count = await bot.sync_globally()
+                guild_id = settings.discord_guild_id
+                if guild_id is not None:
+                    await _clear_guild_copies(bot, guild_id)
             except discord.LoginFailure:
                 log.error("Discord rejected DISCORD_TOKEN: reset the token in the developer portal")
                 return EXIT_FAILURE
-            count = await bot.sync_globally()
+            except Exception as error:
+                unreachable = discord_unreachable(error)
+                if unreachable is None:
+                    raise
+                log.error("%s", unreachable)
+                return EXIT_FAILURE
     log.info("synced %d command(s) globally; Discord may take up to an hour to show them", count)
     return EXIT_OK
+
+
+async def _clear_guild_copies(bot: AskBot, guild_id: int) -> None:
+    """Remove the copies `python -m bot` synced to DISCORD_GUILD_ID on start.
+
+    Discord shows a server both its own commands and the global ones, so with both every
+    command would appear twice there.
+    """
+    guild = discord.Object(id=guild_id)
+    bot.tree.clear_commands(guild=guild)
+    try:
+        await bot.tree.sync(guild=guild)
+    except discord.Forbidden:
+        log.warning(
+            "could not remove the commands synced to DISCORD_GUILD_ID=%d: the bot is not in "
+            "that server (or lacks the applications.commands scope there)",
+            guild_id,
+        )
+        return
+    log.warning(
+        "removed the commands synced to DISCORD_GUILD_ID=%d, which would show twice there "
+        "beside the global ones; unset DISCORD_GUILD_ID before starting the bot again, or "
+        "it syncs them to that server again and they show twice",
+        guild_id,
+    )
+
+
+class _GatewayUnreachable(Exception):
+    """The first gateway connection failed; its cause is the network error."""
+
+
+def _fail_fast_on_first_gateway_connect(bot: AskBot) -> None:
+    """Make a failure of the first gateway connection end `bot.start` with its cause.
+
+    discord.py retries every failed gateway connection, logging a traceback each time,
+    and a first connection it never made it cannot even resume. Until one connection is
+    up, network errors are raised as `_GatewayUnreachable`, which its retry loop does not
+    catch; after that its reconnects are left as they are.
+    """
+    http = bot.http
+    connect = http.ws_connect
+    connected = False
+
+    async def ws_connect(url: str, *, compress: int = 0) -> aiohttp.ClientWebSocketResponse:
+        nonlocal connected
+        if connected:
+            return await connect(url, compress=compress)
+        try:
+            socket = await connect(url, compress=compress)
+        except _NETWORK_ERRORS as error:
+            raise _GatewayUnreachable(str(yarl.URL(url).with_query(None))) from error
+        connected = True
+        return socket
+
+    http.ws_connect = ws_connect  # type: ignore[method-assign]
+
+
+class _NoUsageStore:
+    """The usage store of a process that answers no asks (`sync`): never opened or read."""
+
+    async def add(self, day: str, user_id: int, guild_id: int | None, tokens: int) -> None:
+        raise RuntimeError("this process answers no asks and records no usage")
+
+    async def totals(self, day: str, user_id: int, guild_id: int | None) -> Totals:
+        raise RuntimeError("this process answers no asks and reads no usage")
+
+    async def reserve(
+        self,
+        reservation: Reservation,
+        user_limit: int | None,
+        guild_limit: int | None,
+        now: float,
+    ) -> Scope | None:
+        raise RuntimeError("this process answers no asks and reserves no tokens")
+
+    async def settle(self, reservation: Reservation, tokens: int) -> None:
+        raise RuntimeError("this process answers no asks and records no usage")
+
+    async def prune(self, before: str, now: float | None = None) -> int:
+        return 0
+
+    async def close(self) -> None:
+        return None
+
+
+def _fair_use_for_sync(settings: Settings) -> FairUse:
+    """What `AskBot` needs to build its command tree, with no store and no metrics port."""
+    return FairUse(
+        rules=AccessRules(
+            guild_ids=settings.allowed_guild_ids,
+            channel_ids=settings.allowed_channel_ids,
+            role_ids=settings.allowed_role_ids,
+            allow_dms=settings.allow_dms,
+        ),
+        max_prompt_chars=settings.max_prompt_chars,
+        cooldown=None,
+        gate=AskGate(settings.max_concurrent_asks, settings.max_queued_asks),
+        in_flight=InFlight(),
+        budgets=DailyBudgets(_NoUsageStore(), Budget()),
+        metrics=Metrics(),
+    )
+
+
+def discord_unreachable(error: BaseException) -> str | None:
+    """One line naming Discord and why it could not be reached, or None if `error` is
+    not a network failure (it, or what it was raised while handling)."""
+    cause = _network_cause(error)
+    if cause is None:
+        return None
+    where = _discord_host()
+    if isinstance(cause, aiohttp.ClientConnectorError):
+        where = f"{cause.host}:{cause.port}" if cause.port else cause.host
+    what = "Discord's gateway" if isinstance(error, _GatewayUnreachable) else "Discord"
+    return f"cannot reach {what} at {where}: {_describe_network_failure(cause)}"
+
+
+# What a failure to reach Discord raises: aiohttp's errors (DNS, refused, TLS, proxy),
+# plain socket errors and timeouts, and Discord's own outage answers.
+_NETWORK_ERRORS = (
+    aiohttp.ClientError,
+    OSError,
+    TimeoutError,
+    discord.GatewayNotFound,
+    discord.DiscordServerError,
+)
+
+
+def _network_cause(error: BaseException | None) -> BaseException | None:
+    # discord.py can fail on a first gateway connection with an unrelated error raised
+    # while handling the network one, so the chain is searched too.
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, _NETWORK_ERRORS):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _describe_network_failure(error: BaseException) -> str:
+    if isinstance(error, aiohttp.ClientConnectorDNSError):
+        return f"DNS lookup failed ({error.os_error.strerror or error.os_error}); check the network"
+    if isinstance(error, aiohttp.ClientConnectorCertificateError):
+        return f"TLS certificate not accepted ({error.certificate_error})"
+    if isinstance(error, aiohttp.ClientSSLError):
+        return f"TLS handshake failed ({error.os_error})"
+    if isinstance(error, aiohttp.ClientProxyConnectionError):
+        return f"the proxy could not be reached ({_os_reason(error.os_error)})"
+    if isinstance(error, aiohttp.ClientConnectorError):
+        return _os_reason(error.os_error)
+    if isinstance(error, TimeoutError):
+        return "timed out"
+    if isinstance(error, aiohttp.ServerDisconnectedError):
+        return "the connection was closed before Discord answered"
+    if isinstance(error, discord.GatewayNotFound):
+        return "the gateway was not found; Discord may be having an outage"
+    if isinstance(error, discord.DiscordServerError):
+        return f"Discord answered HTTP {error.status}; Discord may be having an outage"
+    if isinstance(error, OSError):
+        return _os_reason(error)
+    return str(error) or type(error).__name__
+
+
+def _os_reason(error: OSError) -> str:
+    if error.errno == errno.ECONNREFUSED:
+        return "connection refused"
+    reason = error.strerror or str(error) or type(error).__name__
+    return reason[:1].lower() + reason[1:]
+
+
+def _discord_host() -> str:
+    url = yarl.URL(discord.http.Route.BASE)
+    return f"{url.host}:{url.port}" if url.port and not url.is_default_port() else str(url.host)
 
 
 def _stop_on_signals(stop: asyncio.Event) -> None:
     # discord.py installs no signal handlers, and hosts send SIGTERM on every deploy.
     loop = asyncio.get_running_loop()
+
+    def on_signal(signum: signal.Signals) -> None:
+        if stop.is_set():
+            _exit_now(signum)
+        stop.set()
+
     for signum in (signal.SIGTERM, signal.SIGINT):
         # Not on Windows, nor in a loop outside the main thread (tests): the caller stops us.
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(signum, stop.set)
+            loop.add_signal_handler(signum, on_signal, signum)
+
+
+def _exit_now(signum: signal.Signals) -> NoReturn:
+    """A second signal during shutdown: the operator wants out now, whatever is unfinished."""
+    log.warning(
+        "%s again while shutting down: exiting at once; answers still being written are "
+        "left as they are",
+        signum.name,
+    )
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    # Not SystemExit: unwinding would wait on the very answers and closes being skipped.
+    os._exit(128 + signum)
+
+
+_SETTINGS_HELP = (
+    "Settings are read from the environment and from .env in the working directory; real "
+    "environment variables win over .env. .env.example lists every setting with its meaning."
+)
+_CONFIG_STATUS = "2    configuration missing or malformed (every problem is listed)"
+_INTERRUPTED_STATUS = (
+    "130  a second Ctrl-C during the graceful shutdown (143: a second SIGTERM); exits at once"
+)
+
+
+def _epilog(*statuses: str) -> str:
+    settings = textwrap.fill(_SETTINGS_HELP, 88, initial_indent="  ", subsequent_indent="  ")
+    lines = "\n".join(f"  {status}" for status in statuses)
+    return f"settings:\n{settings}\n\nexit status:\n{lines}\n"
+
+
+def _command_parser(
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    summary: str,
+    description: str,
+    *statuses: str,
+) -> argparse.ArgumentParser:
+    return sub.add_parser(
+        name,
+        help=summary,
+        description=textwrap.fill(description, 88),
+        epilog=_epilog(*statuses),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    run_statuses = (
+        "0    stopped cleanly after SIGTERM or Ctrl-C",
+        "1    Discord or the model provider could not be reached or refused, or start-up failed",
+        _CONFIG_STATUS,
+        _INTERRUPTED_STATUS,
+    )
     parser = argparse.ArgumentParser(
         prog="python -m bot",
-        description="A Discord bot that answers /ask with a language model.",
+        description=textwrap.fill(
+            "A Discord bot that answers /ask with a language model. Without a command it "
+            "runs the bot (see python -m bot run --help); each command has its own --help.",
+            88,
+        ),
+        epilog=_epilog(*run_statuses),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    sub = parser.add_subparsers(dest="command")
-    sub.add_parser("run", help="run the bot (the default)")
-    sub.add_parser("sync", help="register the slash commands globally, then exit")
-    ask = sub.add_parser(
-        "ask", help="answer in the terminal as the bot would in Discord (no Discord needed)"
+    sub = parser.add_subparsers(dest="command", title="commands")
+    _command_parser(
+        sub,
+        "run",
+        "run the bot (the default)",
+        "Connect to Discord and answer /ask and /usage until SIGTERM or Ctrl-C. With "
+        "DISCORD_GUILD_ID set, the commands are synced to that server on every start. On the "
+        "first SIGTERM or Ctrl-C new asks are turned away and answers in flight get "
+        "SHUTDOWN_GRACE seconds to finish; a second one exits at once.",
+        *run_statuses,
+    )
+    _command_parser(
+        sub,
+        "sync",
+        "register the slash commands globally, then exit",
+        "Log in to Discord and register /ask and /usage for every server the bot is in, then "
+        "exit; Discord may take up to an hour to show them. Opens no usage database, no "
+        "metrics port and no model, so it can run beside the bot. With DISCORD_GUILD_ID set, "
+        "the copies synced to that server are removed, as every command would otherwise "
+        "show twice there; unset DISCORD_GUILD_ID before starting the bot again.",
+        "0    the commands were registered",
+        "1    Discord could not be reached or refused the token",
+        _CONFIG_STATUS,
+    )
+    ask = _command_parser(
+        sub,
+        "ask",
+        "answer in the terminal as the bot would in Discord (no Discord needed)",
+        "Answer a prompt in the terminal, message by message, exactly as the bot would in "
+        "Discord. Needs no Discord token; the model settings apply. Without a prompt, read "
+        "prompts until end of input (Ctrl-D).",
+        "0    answered",
+        "1    the answer could not be given (the provider or the built-in model failed)",
+        _CONFIG_STATUS,
     )
     ask.add_argument("prompt", nargs="?", help="the prompt; without it, read prompts until EOF")
     args = parser.parse_args(argv)

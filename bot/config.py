@@ -65,6 +65,7 @@ class Settings:
     max_output_tokens: int | None = None
     discord_guild_id: int | None = None
     log_level: str = "INFO"
+    library_log_level: str | None = None
     stream_responses: bool = True
     stream_edit_interval: float = 1.0
     local_model_path: Path | None = None
@@ -125,6 +126,9 @@ def load_settings(env: Mapping[str, str], *, require_discord: bool = True) -> Se
         ),
         discord_guild_id=reader.parse("DISCORD_GUILD_ID", _snowflake, None, "a numeric server id"),
         log_level=reader.parse("LOG_LEVEL", _log_level, "INFO", "DEBUG, INFO, WARNING or ERROR"),
+        library_log_level=reader.parse(
+            "LIBRARY_LOG_LEVEL", _log_level, None, "DEBUG, INFO, WARNING or ERROR"
+        ),
         local_model_path=reader.parse("LOCAL_MODEL_PATH", Path, None, "a file path"),
         ask_cooldown=reader.parse(
             "ASK_COOLDOWN", parse_cooldown, None, "asks/seconds, for example 3/60"
