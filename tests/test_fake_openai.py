@@ -243,6 +243,109 @@ async def test_stream_reply_served_without_streaming_is_one_completion(
     assert completion.choices[0].message.content == "abc"
 
 
+async def test_stream_ended_early_stops_cleanly_without_a_finish_reason(
+    server: FakeOpenAI, client: AsyncOpenAI
+) -> None:
+    server.script(StreamReply(["one", " two", " three"], end_after=2))
+
+    stream = await client.chat.completions.create(
+        model=MODEL, messages=HELLO, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = await collect(stream)
+
+    # No error: only the missing finish reason (and usage) says the answer is incomplete.
+    assert streamed_text(chunks) == "one two"
+    assert all(c.choices and c.choices[0].finish_reason is None for c in chunks)
+    assert all(c.usage is None for c in chunks)
+    (request,) = server.requests
+    assert await request.finished() == "answered"
+    assert request.usage is None
+
+
+async def test_stream_reply_ended_early_is_whole_when_not_streamed(
+    server: FakeOpenAI, client: AsyncOpenAI
+) -> None:
+    server.script(StreamReply(["one", " two", " three"], end_after=1))
+
+    completion = await client.chat.completions.create(model=MODEL, messages=HELLO)
+
+    assert completion.choices[0].message.content == "one two three"
+    assert completion.choices[0].finish_reason == "stop"
+
+
+async def test_gate_end_stops_the_stream_without_a_finish_reason(
+    server: FakeOpenAI, client: AsyncOpenAI
+) -> None:
+    gate = server.gated_stream()
+    stream = await client.chat.completions.create(model=MODEL, messages=HELLO, stream=True)
+    await gate.send("partial")
+
+    await gate.end()
+
+    chunks = await collect(stream)
+    assert streamed_text(chunks) == "partial"
+    assert all(c.choices[0].finish_reason is None for c in chunks)
+    assert await (await gate.started()).finished() == "answered"
+
+
+async def test_gate_can_cut_a_stream_after_its_finish_reason(
+    server: FakeOpenAI, client: AsyncOpenAI
+) -> None:
+    gate = server.gated_stream()
+    stream = await client.chat.completions.create(
+        model=MODEL, messages=HELLO, stream=True, stream_options={"include_usage": True}
+    )
+    await gate.send("whole")
+    await gate.send_finish_reason("stop")
+    await gate.drop()
+
+    received: list[ChatCompletionChunk] = []
+    with pytest.raises(openai.APIConnectionError):
+        await collect(stream, into=received)
+    assert streamed_text(received) == "whole"
+    assert received[-1].choices[0].finish_reason == "stop"
+    assert all(c.usage is None for c in received)
+    assert (await gate.started()).usage is None
+
+
+@pytest.mark.parametrize(
+    ("stream", "include_usage", "reported"),
+    [(False, False, True), (True, True, True), (True, False, False)],
+    ids=["plain", "stream-with-usage", "stream-without-usage"],
+)
+async def test_each_request_records_the_usage_it_reported(
+    server: FakeOpenAI, client: AsyncOpenAI, stream: bool, include_usage: bool, reported: bool
+) -> None:
+    server.script(
+        Reply("Hello there, friend!", usage=Usage(prompt_tokens=9, completion_tokens=3)),
+        Reply("Second answer"),
+        server_error(500),
+    )
+    for _ in range(2):
+        if stream:
+            await collect(
+                await client.chat.completions.create(
+                    model=MODEL,
+                    messages=HELLO,
+                    stream=True,
+                    stream_options={"include_usage": include_usage},
+                )
+            )
+        else:
+            await client.chat.completions.create(model=MODEL, messages=HELLO)
+    with pytest.raises(openai.InternalServerError):
+        await client.chat.completions.create(model=MODEL, messages=HELLO)
+
+    first, second, failed = server.requests
+    if reported:
+        assert first.usage == Usage(prompt_tokens=9, completion_tokens=3)
+        assert second.usage is not None
+        assert second.usage.completion_tokens == 2
+    else:
+        assert (first.usage, second.usage) == (None, None)
+    assert failed.usage is None
+
+
 # --- Errors -----------------------------------------------------------------------------------
 
 

@@ -1,12 +1,28 @@
-"""The completion helper against a local OpenAI-compatible server over real HTTP."""
+"""The completion helper against a local OpenAI-compatible server over real HTTP.
+
+Most tests run on both HTTP libraries the client can sit on (aiohttp, the default, and
+httpx2): the errors a user and an operator see must not depend on which one it is.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import logging
+import os
+import socket
+import ssl
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TypeVar
 
+import aiohttp
+import httpx2
 import openai
 import pytest
+from aiohttp import web
+from dotenv import dotenv_values
 
 from bot.config import load_settings
 from bot.model import llm
@@ -28,6 +44,8 @@ from tests.fakes.openai_server import (
     start_fake_openai,
 )
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 @pytest.fixture
 async def server() -> AsyncIterator[FakeOpenAI]:
@@ -35,43 +53,113 @@ async def server() -> AsyncIterator[FakeOpenAI]:
         yield fake
 
 
+@pytest.fixture(params=["aiohttp", "httpx2"])
+def transport(request: pytest.FixtureRequest) -> llm.Transport:
+    name: llm.Transport = request.param
+    return name
+
+
+@dataclass
+class Attempts:
+    """An `AttemptObserver` that keeps what it was told."""
+
+    seen: list[tuple[int | None, float]] = field(default_factory=list)
+
+    def attempt_done(self, status: int | None, seconds: float) -> None:
+        self.seen.append((status, seconds))
+
+    @property
+    def statuses(self) -> list[int | None]:
+        return [status for status, _ in self.seen]
+
+
+def client_for(
+    base_url: str, transport: llm.Transport, *, timeout: float = 10.0
+) -> openai.AsyncOpenAI:
+    settings = load_settings(
+        {"DISCORD_TOKEN": "t", "OPENAI_API_KEY": "sk-test", "OPENAI_TIMEOUT": str(timeout)}
+    )
+    return llm.make_client(settings, base_url=base_url, transport=transport)
+
+
 def completer_for(
-    server: FakeOpenAI,
+    server: FakeOpenAI | str,
+    transport: llm.Transport = "aiohttp",
     *,
     timeout: float = 10.0,
     max_retries: int = 0,
     max_tokens: int | None = None,
+    observer: llm.AttemptObserver | None = None,
 ) -> tuple[openai.AsyncOpenAI, llm.Completer]:
-    client = openai.AsyncOpenAI(
-        base_url=server.base_url, api_key="sk-test", timeout=timeout, max_retries=max_retries
-    )
+    base_url = server if isinstance(server, str) else server.base_url
+    client = client_for(base_url, transport, timeout=timeout)
     completer = llm.Completer(
-        client, model="gpt-4o-mini", system_prompt="Be brief.", max_output_tokens=max_tokens
+        client,
+        model="gpt-4o-mini",
+        system_prompt="Be brief.",
+        max_output_tokens=max_tokens,
+        timeout=timeout,
+        max_retries=max_retries,
+        observer=observer,
     )
     return client, completer
 
 
 async def complete(
-    server: FakeOpenAI, prompt: str = "Hi", *, timeout: float = 10.0, max_retries: int = 0
+    server: FakeOpenAI | str,
+    transport: llm.Transport = "aiohttp",
+    prompt: str = "Hi",
+    *,
+    timeout: float = 10.0,
+    max_retries: int = 0,
+    observer: llm.AttemptObserver | None = None,
 ) -> llm.Answer:
-    client, completer = completer_for(server, timeout=timeout, max_retries=max_retries)
+    client, completer = completer_for(
+        server, transport, timeout=timeout, max_retries=max_retries, observer=observer
+    )
     async with client:
         return await completer.complete(prompt)
 
 
-async def test_answer_text_finish_reason_and_usage(server: FakeOpenAI) -> None:
+async def collect(completer: llm.Completer, prompt: str = "Hi") -> list[llm.Chunk]:
+    return [chunk async for chunk in completer.stream(prompt)]
+
+
+async def read_into(
+    received: list[str], completer: llm.Completer, *, deadline: float | None = None
+) -> None:
+    """Read a stream, keeping its text in `received` whatever ends it."""
+    async for chunk in completer.stream("count", deadline=deadline):
+        received.append(chunk.text)
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+# --- Answers ----------------------------------------------------------------------------------
+
+
+async def test_answer_text_finish_reason_and_usage(
+    server: FakeOpenAI, transport: llm.Transport
+) -> None:
     server.script(Reply("Hello there!"))
-    answer = await complete(server, "Say hello")
+    answer = await complete(server, transport, "Say hello")
     assert answer.text == "Hello there!"
     assert answer.finish_reason == "stop"
     assert not answer.truncated
-    assert answer.usage is not None
-    assert answer.usage.completion_tokens > 0
+    reported = server.requests[0].usage
+    assert reported is not None
+    assert answer.usage == llm.Usage(reported.prompt_tokens, reported.completion_tokens)
 
 
 async def test_sends_system_prompt_then_user_prompt(server: FakeOpenAI) -> None:
     server.script(Reply("ok"))
-    await complete(server, "What is 2+2?")
+    await complete(server, prompt="What is 2+2?")
     body = server.requests[0].json
     assert body["model"] == "gpt-4o-mini"
     assert body["messages"] == [
@@ -100,6 +188,83 @@ async def test_compatible_servers_get_max_tokens(server: FakeOpenAI) -> None:
     assert "max_completion_tokens" not in body
 
 
+# --- The client is built from our settings, never from the environment ------------------------
+
+
+@pytest.fixture
+def hostile_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Everything the SDK or its HTTP library would read from the environment, set badly."""
+    proxy = f"http://127.0.0.1:{closed_port()}"
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.setenv(name, proxy)
+    monkeypatch.setenv("all_proxy", proxy)
+    monkeypatch.setenv("NO_PROXY", "")
+    monkeypatch.setenv("no_proxy", "")
+    monkeypatch.setenv("SSL_CERT_FILE", "/nonexistent/ca-bundle.pem")
+    monkeypatch.setenv("SSL_CERT_DIR", "/nonexistent/certs")
+    monkeypatch.setenv("OPENAI_BASE_URL", "")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-the-environment")
+    monkeypatch.setenv("OPENAI_ORG_ID", "org-junk")
+    monkeypatch.setenv("OPENAI_PROJECT_ID", "proj_junk")
+    monkeypatch.setenv("OPENAI_ADMIN_KEY", "sk-admin-junk")
+    monkeypatch.setenv("OPENAI_CUSTOM_HEADERS", "X-Injected: yes\nOpenAI-Organization: org-hdr")
+
+
+@pytest.mark.usefixtures("hostile_environment")
+async def test_the_environment_cannot_redirect_or_change_the_client(
+    transport: llm.Transport,
+) -> None:
+    async with start_fake_openai(api_key="sk-ours") as fake:
+        settings = load_settings(
+            {"DISCORD_TOKEN": "t", "OPENAI_API_KEY": "sk-ours", "OPENAI_BASE_URL": fake.base_url}
+        )
+        fake.script(Reply("plain"), StreamReply(["stre", "amed"]))
+        async with llm.make_client(settings, transport=transport) as client:
+            completer = llm.Completer.from_settings(client, settings)
+            answer = await completer.complete("hi")
+            chunks = await collect(completer)
+
+    assert answer.text == "plain"
+    assert "".join(chunk.text for chunk in chunks) == "streamed"
+    assert len(fake.requests) == 2
+    for request in fake.requests:
+        assert request.status == 200
+        for header in ("openai-organization", "openai-project", "x-injected"):
+            assert header not in request.headers
+
+
+@pytest.mark.usefixtures("hostile_environment")
+@pytest.mark.parametrize("environment_url", ["", "http://127.0.0.1:9/v1"])
+def test_with_no_base_url_set_the_client_goes_to_openai(
+    monkeypatch: pytest.MonkeyPatch, environment_url: str
+) -> None:
+    monkeypatch.setenv("OPENAI_BASE_URL", environment_url)
+    settings = load_settings({"DISCORD_TOKEN": "t", "OPENAI_API_KEY": "sk-ours"})
+
+    client = llm.make_client(settings)
+
+    # Never used: no traffic may leave the machine.
+    assert str(client.base_url) == "https://api.openai.com/v1/"
+    assert (client.organization, client.project) == (None, None)
+
+
+def test_a_dotenv_made_from_the_example_talks_to_openai(monkeypatch: pytest.MonkeyPatch) -> None:
+    values = dotenv_values(ROOT / ".env.example")
+    values.update(DISCORD_TOKEN="discord-token", OPENAI_API_KEY="sk-ours")
+    for name, value in values.items():
+        monkeypatch.setenv(name, value or "")
+    # What python-dotenv leaves in the environment for the empty line.
+    assert values["OPENAI_BASE_URL"] == ""
+
+    client = llm.make_client(load_settings(os.environ))
+
+    assert str(client.base_url) == "https://api.openai.com/v1/"
+    assert client.api_key == "sk-ours"
+
+
+# --- Failures ---------------------------------------------------------------------------------
+
+
 ERROR_CASES: list[tuple[ApiError | object, type[llm.CompletionError]]] = [
     (rate_limited(retry_after=7), llm.RateLimited),
     (insufficient_quota(), llm.ProviderMisconfigured),
@@ -118,11 +283,14 @@ ERROR_CASES: list[tuple[ApiError | object, type[llm.CompletionError]]] = [
 
 @pytest.mark.parametrize(("behaviour", "expected"), ERROR_CASES)
 async def test_each_failure_maps_to_one_error_type(
-    server: FakeOpenAI, behaviour: ApiError, expected: type[llm.CompletionError]
+    server: FakeOpenAI,
+    transport: llm.Transport,
+    behaviour: ApiError,
+    expected: type[llm.CompletionError],
 ) -> None:
     server.script(behaviour)
     with pytest.raises(expected) as caught:
-        await complete(server)
+        await complete(server, transport)
     assert type(caught.value) is expected
 
 
@@ -139,48 +307,413 @@ async def test_failure_is_logged_with_request_id(
 ) -> None:
     server.script(server_error(500))
     with pytest.raises(llm.ProviderUnavailable):
-        await complete(server, "my secret question")
+        await complete(server, prompt="my secret question")
     request_id = server.requests[0].request_id
     assert any(request_id in record.getMessage() for record in caplog.records)
     assert all("my secret question" not in record.getMessage() for record in caplog.records)
     assert all("sk-test" not in record.getMessage() for record in caplog.records)
 
 
-async def test_timeout(server: FakeOpenAI) -> None:
+async def test_timeout(server: FakeOpenAI, transport: llm.Transport) -> None:
     server.script(Hang())
     with pytest.raises(llm.TimedOut):
-        await complete(server, timeout=0.2)
+        await complete(server, transport, timeout=0.2)
 
 
-async def test_sdk_retries_are_used(server: FakeOpenAI) -> None:
-    server.script(rate_limited(retry_after_ms=1), Reply("second time lucky"))
-    answer = await complete(server, max_retries=2)
-    assert answer.text == "second time lucky"
-    assert len(server.requests) == 2
+async def test_connection_refused_names_the_url_and_the_cause(
+    transport: llm.Transport, caplog: pytest.LogCaptureFixture
+) -> None:
+    base_url = f"http://127.0.0.1:{closed_port()}/v1"
+    observer = Attempts()
+    with pytest.raises(llm.ProviderUnavailable) as caught:
+        await complete(base_url, transport, observer=observer)
+
+    detail = str(caught.value)
+    assert "connection refused" in detail
+    assert f"POST {base_url}/chat/completions" in detail
+    assert any(detail in record.getMessage() for record in caplog.records)
+    assert observer.statuses == [None]
 
 
-async def test_connection_refused_is_unavailable() -> None:
-    async with start_fake_openai() as fake:
-        base_url = fake.base_url
-    client = openai.AsyncOpenAI(base_url=base_url, api_key="k", max_retries=0)
+async def test_a_plain_http_server_behind_https_is_a_tls_error(
+    server: FakeOpenAI, transport: llm.Transport
+) -> None:
+    base_url = server.base_url.replace("http://", "https://")
+    with pytest.raises(llm.ProviderUnavailable) as caught:
+        await complete(base_url, transport)
+
+    assert "TLS error" in str(caught.value)
+    assert base_url in str(caught.value)
+    assert server.requests == ()
+
+
+async def test_a_base_url_without_v1_is_a_misconfiguration(
+    server: FakeOpenAI, transport: llm.Transport
+) -> None:
+    base_url = server.base_url.removesuffix("/v1")
+    with pytest.raises(llm.ProviderMisconfigured) as caught:
+        await complete(base_url, transport, max_retries=2)
+
+    detail = str(caught.value)
+    assert "check that OPENAI_BASE_URL ends in /v1" in detail
+    assert f"{base_url}/chat/completions" in detail
+    assert len(server.requests) == 1
+
+
+@pytest.fixture
+async def ollama_root() -> AsyncIterator[str]:
+    """A server answering every path as Ollama's root does without /v1: a plain-text 404."""
+
+    async def not_found(request: web.Request) -> web.Response:
+        return web.Response(status=404, text="404 page not found")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", not_found)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["plain", "stream"])
+async def test_ollama_without_v1_is_a_misconfiguration(
+    ollama_root: str, transport: llm.Transport, streamed: bool
+) -> None:
+    client, completer = completer_for(ollama_root, transport, max_retries=2)
+    ask = collect(completer) if streamed else completer.complete("hi")
     async with client:
+        with pytest.raises(llm.ProviderMisconfigured) as caught:
+            await ask
+
+    assert "check that OPENAI_BASE_URL ends in /v1" in str(caught.value)
+    assert f"POST {ollama_root}/chat/completions" in str(caught.value)
+
+
+async def test_an_unknown_model_points_at_the_model_setting(server: FakeOpenAI) -> None:
+    server.script(model_not_found("gpt-nope"))
+    with pytest.raises(llm.ProviderMisconfigured) as caught:
+        await complete(server)
+    assert "OPENAI_MODEL" in str(caught.value)
+    assert "/v1" not in str(caught.value).split(";")[-1]
+
+
+REQUEST = httpx2.Request("POST", "https://llm.example.invalid/v1/chat/completions")
+
+
+E = TypeVar("E", bound=BaseException)
+
+
+def chained(outermost: E, *causes: BaseException) -> E:
+    """`outermost` raised from `causes[0]`, raised from `causes[1]`, ..."""
+    chain: tuple[BaseException, ...] = (outermost, *causes)
+    for outer, inner in itertools.pairwise(chain):
+        outer.__cause__ = inner
+    return outermost
+
+
+class _ConnectionKey:
+    """What aiohttp's connector errors read from their connection key."""
+
+    host = "llm.example.invalid"
+    port = 443
+    ssl = True
+
+
+def _aiohttp_dns_error() -> aiohttp.ClientConnectorDNSError:
+    gaierror = socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    return aiohttp.ClientConnectorDNSError(_ConnectionKey(), gaierror)  # type: ignore[arg-type]
+
+
+def _certificate_error() -> ssl.SSLCertVerificationError:
+    error = ssl.SSLCertVerificationError(1, "certificate verify failed")
+    error.verify_message = "self-signed certificate"
+    return error
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected", "words"),
+    [
+        (
+            chained(
+                openai.APIConnectionError(request=REQUEST),
+                httpx2.ConnectError("[Errno -2] Name or service not known"),
+                socket.gaierror(socket.EAI_NONAME, "Name or service not known"),
+            ),
+            llm.ProviderUnavailable,
+            "DNS lookup failed: Name or service not known",
+        ),
+        (
+            chained(
+                openai.APITimeoutError(request=REQUEST),
+                httpx2.ConnectTimeout("Cannot connect to host"),
+                _aiohttp_dns_error(),
+            ),
+            llm.ProviderUnavailable,
+            "DNS lookup failed: Name or service not known",
+        ),
+        (
+            chained(
+                openai.APIConnectionError(request=REQUEST),
+                httpx2.ConnectError("certificate verify failed"),
+                _certificate_error(),
+            ),
+            llm.ProviderUnavailable,
+            "TLS error: self-signed certificate",
+        ),
+        (
+            chained(
+                openai.APITimeoutError(request=REQUEST),
+                httpx2.ConnectTimeout("Cannot connect to host"),
+                ConnectionRefusedError(111, "Connect call failed"),
+            ),
+            llm.ProviderUnavailable,
+            "connection refused",
+        ),
+        (
+            chained(
+                openai.APITimeoutError(request=REQUEST),
+                httpx2.ConnectTimeout("Server disconnected"),
+                aiohttp.ServerDisconnectedError(),
+            ),
+            llm.ProviderUnavailable,
+            "connection failed: Server disconnected",
+        ),
+        (
+            chained(
+                openai.APITimeoutError(request=REQUEST),
+                httpx2.ReadTimeout("Timeout on reading data from socket"),
+                aiohttp.SocketTimeoutError("Timeout on reading data from socket"),
+            ),
+            llm.TimedOut,
+            "did not answer in time",
+        ),
+        (
+            chained(
+                openai.APITimeoutError(request=REQUEST), httpx2.ReadTimeout(""), TimeoutError()
+            ),
+            llm.TimedOut,
+            "did not answer in time",
+        ),
+        (openai.APITimeoutError(request=REQUEST), llm.TimedOut, "did not answer in time"),
+    ],
+    ids=[
+        "dns",
+        "dns-aiohttp",
+        "tls",
+        "refused-aiohttp",
+        "disconnected-aiohttp",
+        "read-timeout-aiohttp",
+        "read-timeout",
+        "timeout",
+    ],
+)
+def test_connection_failures_name_their_cause(
+    exc: openai.APIConnectionError, expected: type[llm.CompletionError], words: str
+) -> None:
+    error = llm.translate_error(exc)
+
+    assert type(error) is expected
+    assert words in str(error)
+    assert "(POST https://llm.example.invalid/v1/chat/completions)" in str(error)
+
+
+def test_urls_in_errors_show_no_credentials_or_query() -> None:
+    request = httpx2.Request("POST", "https://user:hunter2@llm.example.invalid/v1/x?key=sk-1")
+    exc = chained(
+        openai.APIConnectionError(request=request),
+        ConnectionRefusedError(111, "Connect call failed"),
+    )
+
+    detail = str(llm.translate_error(exc))
+
+    assert "hunter2" not in detail
+    assert "sk-1" not in detail
+    assert "(POST https://llm.example.invalid/v1/x)" in detail
+
+
+# --- Retries, inside one deadline -------------------------------------------------------------
+
+
+def soon(error: ApiError) -> ApiError:
+    """`error` asking for an immediate retry."""
+    return replace(error, headers={**error.headers, "retry-after-ms": "1"})
+
+
+async def test_retries_until_an_answer_and_reports_each_attempt(
+    server: FakeOpenAI, transport: llm.Transport
+) -> None:
+    server.script(rate_limited(retry_after_ms=1), soon(server_error(500)), Reply("third time"))
+    observer = Attempts()
+
+    answer = await complete(server, transport, max_retries=2, observer=observer)
+
+    assert answer.text == "third time"
+    assert [r.headers.get("x-stainless-retry-count") for r in server.requests] == ["0", "1", "2"]
+    assert observer.statuses == [429, 500, 200]
+    assert all(seconds >= 0 for _, seconds in observer.seen)
+
+
+async def test_gives_up_after_the_retries_with_the_last_error(server: FakeOpenAI) -> None:
+    server.script(*[soon(server_error(503))] * 4)
+    observer = Attempts()
+
+    with pytest.raises(llm.ProviderUnavailable) as caught:
+        await complete(server, max_retries=2, observer=observer)
+
+    assert len(server.requests) == 3
+    assert observer.statuses == [503, 503, 503]
+    assert "after 3 attempts" in str(caught.value)
+    assert caught.value.request_id == server.requests[-1].request_id
+
+
+async def test_a_dropped_connection_is_retried(
+    server: FakeOpenAI, transport: llm.Transport
+) -> None:
+    server.script(StreamReply(["never", " sent"], drop_after=0), Reply("back again"))
+    observer = Attempts()
+
+    answer = await complete(server, transport, max_retries=1, observer=observer)
+
+    assert answer.text == "back again"
+    assert observer.statuses == [None, 200]
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        insufficient_quota(),
+        invalid_api_key(),
+        context_length_exceeded(),
+        replace(soon(server_error(500)), headers={"x-should-retry": "false"}),
+    ],
+    ids=["quota", "key", "context", "told-not-to"],
+)
+async def test_what_cannot_pass_is_not_retried(server: FakeOpenAI, failure: ApiError) -> None:
+    server.script(failure, Reply("never asked for"))
+    with pytest.raises(llm.CompletionError):
+        await complete(server, max_retries=2)
+    assert len(server.requests) == 1
+
+
+async def test_a_retry_after_beyond_the_deadline_fails_at_once(server: FakeOpenAI) -> None:
+    server.script(rate_limited(retry_after=120), Reply("two minutes later"))
+    observer = Attempts()
+
+    with pytest.raises(llm.RateLimited) as caught:
+        await complete(server, timeout=2, max_retries=2, observer=observer)
+
+    assert caught.value.retry_after == 120
+    assert len(server.requests) == 1
+    assert observer.statuses == [429]
+
+
+async def test_a_backoff_beyond_the_deadline_fails_at_once(server: FakeOpenAI) -> None:
+    # No retry-after: the first backoff (0.375 to 0.5 s) is longer than the whole deadline.
+    server.script(server_error(500), Reply("too late"))
+    with pytest.raises(llm.ProviderUnavailable):
+        await complete(server, timeout=0.2, max_retries=5)
+    assert len(server.requests) == 1
+
+
+async def test_a_hanging_provider_gets_one_attempt_within_the_deadline(
+    server: FakeOpenAI, transport: llm.Transport
+) -> None:
+    server.script(Hang(), Hang(), Hang())
+    observer = Attempts()
+
+    with pytest.raises(llm.TimedOut) as caught:
+        await complete(server, transport, timeout=0.2, max_retries=2, observer=observer)
+
+    assert "OPENAI_TIMEOUT" in str(caught.value)
+    assert len(server.requests) == 1
+    assert await server.requests[0].finished() == "client_disconnected"
+    assert observer.statuses == [None]
+
+
+async def test_the_callers_deadline_wins_when_earlier(server: FakeOpenAI) -> None:
+    server.script(Hang())
+    client, completer = completer_for(server, timeout=30)
+    async with client:
+        deadline = asyncio.get_running_loop().time() + 0.2
+        with pytest.raises(llm.TimedOut) as caught:
+            await completer.complete("hi", deadline=deadline)
+
+    assert "caller's deadline" in str(caught.value)
+    assert await server.requests[0].finished() == "client_disconnected"
+
+
+async def test_a_deadline_already_past_sends_nothing(server: FakeOpenAI) -> None:
+    observer = Attempts()
+    client, completer = completer_for(server, observer=observer)
+    async with client:
+        deadline = asyncio.get_running_loop().time() - 1
+        with pytest.raises(llm.TimedOut):
+            await completer.complete("hi", deadline=deadline)
+        with pytest.raises(llm.TimedOut):
+            await collect_with_deadline(completer, deadline)
+    assert server.requests == ()
+    assert observer.seen == []
+
+
+async def collect_with_deadline(completer: llm.Completer, deadline: float) -> list[llm.Chunk]:
+    return [chunk async for chunk in completer.stream("hi", deadline=deadline)]
+
+
+async def test_an_observer_that_fails_does_not_fail_the_answer(
+    server: FakeOpenAI, caplog: pytest.LogCaptureFixture
+) -> None:
+    class Broken:
+        def attempt_done(self, status: int | None, seconds: float) -> None:
+            raise RuntimeError("observer bug")
+
+    server.script(Reply("fine"))
+    with caplog.at_level(logging.ERROR):
+        answer = await complete(server, observer=Broken())
+    assert answer.text == "fine"
+    assert any("observer" in record.getMessage() for record in caplog.records)
+
+
+async def test_from_settings_uses_timeout_retries_and_observer(server: FakeOpenAI) -> None:
+    settings = load_settings(
+        {
+            "DISCORD_TOKEN": "t",
+            "OPENAI_API_KEY": "sk-test",
+            "OPENAI_MAX_RETRIES": "1",
+            "OPENAI_TIMEOUT": "5",
+        }
+    )
+    server.script(soon(server_error(502)), soon(server_error(502)), Reply("never"))
+    observer = Attempts()
+    async with llm.make_client(settings, base_url=server.base_url) as client:
+        completer = llm.Completer.from_settings(client, settings, observer=observer)
         with pytest.raises(llm.ProviderUnavailable):
-            await llm.Completer(client, model="m", system_prompt="s").complete("hi")
+            await completer.complete("hi")
+    assert observer.statuses == [502, 502]
 
 
-async def collect(completer: llm.Completer, prompt: str = "Hi") -> list[llm.Chunk]:
-    return [chunk async for chunk in completer.stream(prompt)]
+# --- Streaming --------------------------------------------------------------------------------
 
 
-async def test_stream_yields_text_then_finish_reason_and_usage(server: FakeOpenAI) -> None:
+async def test_stream_yields_text_then_finish_reason_and_usage(
+    server: FakeOpenAI, transport: llm.Transport
+) -> None:
     server.script(StreamReply(["Hel", "lo", " world"]))
-    client, completer = completer_for(server)
+    observer = Attempts()
+    client, completer = completer_for(server, transport, observer=observer)
     async with client:
         chunks = await collect(completer)
     assert "".join(chunk.text for chunk in chunks) == "Hello world"
     assert [c.finish_reason for c in chunks if c.finish_reason] == ["stop"]
-    assert any(chunk.usage is not None for chunk in chunks)
+    reported = server.requests[0].usage
+    assert reported is not None
+    assert [c.usage for c in chunks if c.usage] == [
+        llm.Usage(reported.prompt_tokens, reported.completion_tokens)
+    ]
     assert server.requests[0].json["stream_options"] == {"include_usage": True}
+    assert observer.statuses == [200]
 
 
 async def test_stream_of_a_long_answer_reports_length(server: FakeOpenAI) -> None:
@@ -188,22 +721,127 @@ async def test_stream_of_a_long_answer_reports_length(server: FakeOpenAI) -> Non
     client, completer = completer_for(server)
     async with client:
         chunks = await collect(completer)
-    assert chunks[-1].finish_reason == "length" or any(c.finish_reason == "length" for c in chunks)
+    assert [c.finish_reason for c in chunks if c.finish_reason] == ["length"]
 
 
-async def test_stream_dropped_midway_raises_after_the_text(server: FakeOpenAI) -> None:
+async def test_stream_dropped_midway_raises_after_the_text(
+    server: FakeOpenAI, transport: llm.Transport
+) -> None:
     server.script(StreamReply(["one", " two", " three"], drop_after=2))
-    client, completer = completer_for(server)
+    client, completer = completer_for(server, transport, max_retries=2)
     received: list[str] = []
-
-    async def read() -> None:
-        async for chunk in completer.stream("count"):
-            received.append(chunk.text)
 
     async with client:
         with pytest.raises(llm.ProviderUnavailable):
-            await read()
+            await read_into(received, completer)
     assert "".join(received) == "one two"
+    # Text already shown cannot be taken back: a broken stream is not retried.
+    assert len(server.requests) == 1
+
+
+async def test_stream_that_ends_without_a_finish_reason_is_interrupted(
+    server: FakeOpenAI, transport: llm.Transport
+) -> None:
+    server.script(StreamReply(["one", " two", " three"], end_after=2))
+    client, completer = completer_for(server, transport)
+    received: list[str] = []
+
+    async with client:
+        with pytest.raises(llm.ProviderUnavailable) as caught:
+            await read_into(received, completer)
+
+    assert "".join(received) == "one two"
+    assert "ended early" in str(caught.value)
+    assert caught.value.request_id == server.requests[0].request_id
+    # The provider reported no usage for it, and none reached the caller.
+    assert server.requests[0].usage is None
+
+
+async def test_stream_that_ends_before_any_text_is_interrupted_not_empty(
+    server: FakeOpenAI,
+) -> None:
+    server.script(StreamReply(["never"], end_after=0))
+    client, completer = completer_for(server)
+    async with client:
+        with pytest.raises(llm.ProviderUnavailable):
+            await collect(completer)
+
+
+async def test_stream_cut_after_its_finish_reason_is_a_whole_answer(
+    server: FakeOpenAI, transport: llm.Transport
+) -> None:
+    gate = server.gated_stream()
+    client, completer = completer_for(server, transport)
+    async with client:
+        reading = asyncio.ensure_future(collect(completer))
+        await gate.send("whole")
+        await gate.send_finish_reason("stop")
+        await gate.drop()
+        chunks = await reading
+
+    assert "".join(chunk.text for chunk in chunks) == "whole"
+    assert [c.finish_reason for c in chunks if c.finish_reason] == ["stop"]
+
+
+async def test_stream_is_retried_until_it_starts(
+    server: FakeOpenAI, transport: llm.Transport
+) -> None:
+    server.script(rate_limited(retry_after_ms=1), StreamReply(["at ", "last"]))
+    observer = Attempts()
+    client, completer = completer_for(server, transport, max_retries=1, observer=observer)
+    async with client:
+        chunks = await collect(completer)
+    assert "".join(chunk.text for chunk in chunks) == "at last"
+    assert observer.statuses == [429, 200]
+
+
+async def test_a_trickling_stream_ends_at_the_deadline(
+    server: FakeOpenAI, transport: llm.Transport
+) -> None:
+    # Each token comes quickly, so no single read ever waits long; the answer as a whole
+    # would take ten seconds.
+    pieces = ["tick"] * 500
+    server.script(StreamReply(pieces, interval=0.02))
+    client, completer = completer_for(server, transport, timeout=0.3, max_retries=2)
+    received: list[str] = []
+
+    async with client:
+        with pytest.raises(llm.TimedOut) as caught:
+            await read_into(received, completer)
+
+    assert len(received) < len(pieces)
+    assert "".join(received) == "tick" * len(received)
+    assert caught.value.request_id == server.requests[0].request_id
+    assert len(server.requests) == 1
+    assert await server.requests[0].finished() == "client_disconnected"
+
+
+async def test_a_stream_stalled_midway_ends_at_the_deadline_after_its_text(
+    server: FakeOpenAI, transport: llm.Transport
+) -> None:
+    gate = server.gated_stream()
+    client, completer = completer_for(server, transport, timeout=30)
+    received: list[str] = []
+
+    async with client:
+        deadline = asyncio.get_running_loop().time() + 0.3
+        reading = asyncio.ensure_future(read_into(received, completer, deadline=deadline))
+        await gate.send("Hello")
+        with pytest.raises(llm.TimedOut):
+            await reading
+
+    assert received == ["Hello"]
+    assert await (await gate.started()).finished() == "client_disconnected"
+
+
+async def test_a_stream_that_never_starts_times_out(
+    server: FakeOpenAI, transport: llm.Transport
+) -> None:
+    server.script(Hang())
+    client, completer = completer_for(server, transport, timeout=0.2)
+    async with client:
+        with pytest.raises(llm.TimedOut):
+            await collect(completer)
 
 
 @pytest.mark.parametrize(
@@ -216,18 +854,23 @@ async def test_stream_dropped_midway_raises_after_the_text(server: FakeOpenAI) -
     ],
 )
 async def test_stream_failures_map_like_completions(
-    server: FakeOpenAI, behaviour: ApiError, expected: type[llm.CompletionError]
+    server: FakeOpenAI,
+    transport: llm.Transport,
+    behaviour: ApiError,
+    expected: type[llm.CompletionError],
 ) -> None:
     server.script(behaviour)
-    client, completer = completer_for(server)
+    client, completer = completer_for(server, transport)
     async with client:
         with pytest.raises(expected):
             await collect(completer)
 
 
-async def test_closing_the_stream_cancels_the_request(server: FakeOpenAI) -> None:
+async def test_closing_the_stream_cancels_the_request(
+    server: FakeOpenAI, transport: llm.Transport
+) -> None:
     gate: StreamGate = server.gated_stream()
-    client, completer = completer_for(server)
+    client, completer = completer_for(server, transport)
     async with client:
         stream = completer.stream("write a novel")
         first = asyncio.ensure_future(anext(stream))

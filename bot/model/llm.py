@@ -1,35 +1,82 @@
 """The completion helper: the only module that talks to the language model.
 
 `Completer` sends one prompt (after the system prompt) to an OpenAI-compatible chat
-completions endpoint and returns an `Answer`, or raises one of the errors below. Every
-SDK failure is mapped to exactly one of them, so callers never see `openai` exceptions:
+completions endpoint and returns an `Answer` (or streams `Chunk`s), or raises one of the
+errors below. Every SDK failure is mapped to exactly one of them, so callers never see
+`openai` exceptions:
 
     CompletionError                 anything the model call can fail with
     ├── RateLimited                 the provider throttled us; `retry_after` when it said
-    ├── TimedOut                    no answer within OPENAI_TIMEOUT
+    ├── TimedOut                    no complete answer before the deadline
     ├── PromptTooLong               prompt exceeds the model's context window
-    ├── ProviderMisconfigured       bad key, unknown model, no quota, rejected request
-    ├── ProviderUnavailable         connection failure or a 5xx from the provider
+    ├── ProviderMisconfigured       bad key, unknown model, wrong URL, no quota, rejected request
+    ├── ProviderUnavailable         connection failure, a 5xx, or a stream that ended early
     ├── EmptyAnswer                 the model produced no text
     └── Refused                     the model declined (refusal or content filter)
 
-Each error carries the provider's request id, when there is one, for the operator's log.
+Each error carries the provider's request id, when there is one, for the operator's log; its
+`str()` names the URL and the cause (connection refused, DNS, TLS, a 404 on the path).
+
+The contract of one answer:
+
+- **Deadline.** The answer must be complete, from the first request to the last token,
+  retries and waits included, by its deadline: `timeout` seconds (OPENAI_TIMEOUT) after the
+  call starts, or the caller's `deadline` (event-loop time) if that is earlier. Reaching it
+  before any text raises `TimedOut`; reaching it mid-stream raises `TimedOut` after the text
+  so far was yielded (an interrupted answer).
+- **Retries.** Up to `max_retries` (OPENAI_MAX_RETRIES) more attempts after a 408, 409,
+  429 (not an exhausted quota), 5xx or connection failure, until the response starts; the
+  provider's `x-should-retry` wins. The wait is the provider's `retry-after-ms` or
+  `retry-after` when it gives one, else exponential backoff with jitter, and never crosses
+  the deadline: a wait that would is skipped and the error raised at once. The SDK's own
+  retries are off in clients from `make_client`; a client with them on retries inside each
+  of our attempts.
+- **Observer.** An `AttemptObserver` hears of every HTTP attempt, retries included: its
+  status (`None` for a connection failure or a timeout) and how long the response took to
+  start. Attempts cancelled by the caller are not reported.
+- **Interrupted streams.** A stream that breaks, or ends without a finish reason, raises
+  after the text it carried was yielded; a break after the finish reason is a complete answer.
+
+`make_client` builds the HTTP client from `Settings` alone: nothing the SDK or its HTTP
+library would read from the environment (OPENAI_BASE_URL, OPENAI_ORG_ID, OPENAI_PROJECT_ID,
+OPENAI_CUSTOM_HEADERS, HTTP(S)_PROXY, ALL_PROXY, NO_PROXY, SSL_CERT_FILE, SSL_CERT_DIR)
+changes where or how it connects.
 """
 
 from __future__ import annotations
 
+import asyncio
+import email.utils
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+import math
+import random
+import socket
+import ssl
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import ClassVar
+from datetime import UTC, datetime
+from typing import ClassVar, Literal, Protocol, TypeVar
 
+import aiohttp
 import openai
-from openai.types.chat import ChatCompletionMessageParam
+from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessageParam
 
 from bot.config import Settings
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+"""Where requests go when OPENAI_BASE_URL is not set."""
+
+Transport = Literal["aiohttp", "httpx2"]
+"""The HTTP library under the SDK: aiohttp (the default, cheaper per call) or httpx2."""
+
+# The SDK's own backoff: 0.5 s doubling up to 8 s, less up to a quarter of jitter.
+_INITIAL_BACKOFF = 0.5
+_MAX_BACKOFF = 8.0
 
 
 class CompletionError(Exception):
@@ -109,31 +156,77 @@ class Chunk:
     usage: Usage | None = None
 
 
-def make_client(settings: Settings, *, base_url: str | None = None) -> openai.AsyncOpenAI:
-    """Build the process's one `AsyncOpenAI`; the caller owns it and must close it."""
-    return openai.AsyncOpenAI(
+class AttemptObserver(Protocol):
+    """Told of every HTTP attempt a `Completer` makes, retries included.
+
+    `status` is the response's HTTP status (200 for a successful one), `None` for a
+    connection failure or a timeout; `seconds` runs from sending the request until the
+    response started (its headers; a non-streamed answer arrives whole with them). Called on
+    the event loop; it must be quick, and what it raises is logged and ignored.
+    """
+
+    def attempt_done(self, status: int | None, seconds: float) -> None: ...
+
+
+def make_client(
+    settings: Settings, *, base_url: str | None = None, transport: Transport = "aiohttp"
+) -> openai.AsyncOpenAI:
+    """Build the process's one `AsyncOpenAI` from `settings` alone; the caller must close it.
+
+    `base_url` overrides the configured one (the built-in model's server). The SDK's own
+    retries are off: `Completer` retries within the answer's deadline.
+    """
+    # trust_env off: proxies and certificate files from the environment are not our settings.
+    http_client = (
+        openai.DefaultAioHttpClient(trust_env=False)
+        if transport == "aiohttp"
+        else openai.DefaultAsyncHttpxClient(trust_env=False)
+    )
+    client = openai.AsyncOpenAI(
         # Compatible servers such as Ollama or llama.cpp accept any key, but the SDK
         # refuses to start without one.
         api_key=settings.openai_api_key.reveal() if settings.openai_api_key else "unused",
-        base_url=base_url or settings.openai_base_url,
+        # Always given: left out, the SDK would read OPENAI_BASE_URL itself, and the empty
+        # value a copied .env.example puts there breaks every call.
+        base_url=base_url or settings.openai_base_url or OPENAI_BASE_URL,
         timeout=settings.openai_timeout,
-        max_retries=settings.openai_max_retries,
+        max_retries=0,
+        http_client=http_client,
     )
+    _forget_environment(client)
+    return client
+
+
+def _forget_environment(client: openai.AsyncOpenAI) -> None:
+    """Undo what the SDK's constructor took from the environment rather than from us.
+
+    It reads OPENAI_ORG_ID, OPENAI_PROJECT_ID, OPENAI_ADMIN_KEY, OPENAI_WEBHOOK_SECRET and
+    OPENAI_CUSTOM_HEADERS whenever the argument is not given, and passing "" would send an
+    empty header instead of none.
+    """
+    client.organization = None
+    client.project = None
+    client.admin_api_key = None
+    client.webhook_secret = None
+    client._custom_headers = {}
+    client._ambient_authorizations = frozenset()
 
 
 @asynccontextmanager
-async def open_completer(settings: Settings, *, local_slots: int = 4) -> AsyncIterator[Completer]:
+async def open_completer(
+    settings: Settings, *, local_slots: int = 4, observer: AttemptObserver | None = None
+) -> AsyncIterator[Completer]:
     """The process's `Completer`, with its HTTP client (and built-in model) owned here.
 
     `local_slots` is how many answers the built-in model writes at once; each slot
-    holds its own context memory.
+    holds its own context memory. `observer` hears of every HTTP attempt.
 
     With no provider configured this starts the built-in local model first, which
     raises `bot.model.local_model.LocalModelError` when it cannot be served.
     """
     if not settings.uses_builtin_model:
         async with make_client(settings) as client:
-            yield Completer.from_settings(client, settings)
+            yield Completer.from_settings(client, settings, observer=observer)
         return
 
     # Imported here: a deployment that uses a provider never loads llama.cpp.
@@ -155,11 +248,19 @@ async def open_completer(settings: Settings, *, local_slots: int = 4) -> AsyncIt
                 system_prompt=settings.system_prompt,
                 max_output_tokens=settings.max_output_tokens,
                 compatible_server=True,
+                timeout=settings.openai_timeout,
+                max_retries=settings.openai_max_retries,
+                observer=observer,
             )
 
 
 class Completer:
-    """Turns a prompt into an `Answer` with one chat completion call."""
+    """Turns a prompt into an `Answer`, or a stream of `Chunk`s, with one chat completion.
+
+    `timeout` is the most seconds one answer may take, retries included (`None`: only the
+    caller's deadline and the client's own timeouts bound it); `max_retries` how many more
+    attempts a failure that may pass gets; `observer` hears of every attempt.
+    """
 
     def __init__(
         self,
@@ -169,6 +270,9 @@ class Completer:
         system_prompt: str,
         max_output_tokens: int | None = None,
         compatible_server: bool = False,
+        timeout: float | None = None,
+        max_retries: int = 0,
+        observer: AttemptObserver | None = None,
     ) -> None:
         self._client = client
         self._model = model
@@ -177,15 +281,26 @@ class Completer:
         # OpenAI's reasoning models reject `max_tokens`; many compatible servers only
         # know `max_tokens`. Use the name each side understands.
         self._max_tokens_field = "max_tokens" if compatible_server else "max_completion_tokens"
+        self._timeout = timeout
+        self._max_retries = max_retries
+        self._observer = observer
 
     @classmethod
-    def from_settings(cls, client: openai.AsyncOpenAI, settings: Settings) -> Completer:
+    def from_settings(
+        cls,
+        client: openai.AsyncOpenAI,
+        settings: Settings,
+        observer: AttemptObserver | None = None,
+    ) -> Completer:
         return cls(
             client,
             model=settings.openai_model,
             system_prompt=settings.system_prompt,
             max_output_tokens=settings.max_output_tokens,
             compatible_server=settings.openai_base_url is not None,
+            timeout=settings.openai_timeout,
+            max_retries=settings.openai_max_retries,
+            observer=observer,
         )
 
     @property
@@ -198,17 +313,22 @@ class Completer:
             {"role": "user", "content": prompt},
         ]
 
-    async def complete(self, prompt: str) -> Answer:
-        """Ask the model; return its answer or raise a `CompletionError`."""
-        try:
-            completion = await self._client.chat.completions.create(
+    async def complete(self, prompt: str, *, deadline: float | None = None) -> Answer:
+        """Ask the model; return its answer or raise a `CompletionError`.
+
+        `deadline` (event-loop time) ends the answer earlier than `timeout` would.
+        """
+        ends = self._deadline(deadline)
+
+        def create(headers: dict[str, str]) -> Awaitable[ChatCompletion]:
+            return self._client.chat.completions.create(
                 model=self._model,
                 messages=self.messages(prompt),
                 extra_body=self._extra_body(),
+                extra_headers=headers,
             )
-        except openai.OpenAIError as exc:
-            raise _log_failure(translate_error(exc)) from exc
 
+        completion = await self._send(create, ends, deadline)
         request_id = completion._request_id
         if not completion.choices:
             raise _log_failure(EmptyAnswer("response had no choices", request_id=request_id))
@@ -220,28 +340,44 @@ class Completer:
             usage = Usage(completion.usage.prompt_tokens, completion.usage.completion_tokens)
         return Answer(text=text, finish_reason=choice.finish_reason, usage=usage)
 
-    async def stream(self, prompt: str) -> AsyncGenerator[Chunk, None]:
+    async def stream(
+        self, prompt: str, *, deadline: float | None = None
+    ) -> AsyncGenerator[Chunk, None]:
         """Ask the model and yield its answer as it is written.
 
-        Raises a `CompletionError` before the first chunk or mid-stream; a stream that
-        ends without any text raises `EmptyAnswer`. Closing the iterator early (or
-        cancelling its consumer) closes the HTTP response, which cancels the request.
+        Raises a `CompletionError` before the first chunk or mid-stream (after the text so
+        far): `TimedOut` at the deadline, `ProviderUnavailable` when the stream breaks or
+        ends without a finish reason. A stream that ends without any text raises
+        `EmptyAnswer`. Closing the iterator early (or cancelling its consumer) closes the
+        HTTP response, which cancels the request.
         """
-        request_id: str | None = None
-        text_seen = False
-        refusal = ""
-        finish_reason: str | None = None
-        try:
-            stream = await self._client.chat.completions.create(
+        ends = self._deadline(deadline)
+
+        def create(headers: dict[str, str]) -> Awaitable[openai.AsyncStream[ChatCompletionChunk]]:
+            return self._client.chat.completions.create(
                 model=self._model,
                 messages=self.messages(prompt),
                 extra_body=self._extra_body(),
+                extra_headers=headers,
                 stream=True,
                 stream_options={"include_usage": True},
             )
+
+        stream = await self._send(create, ends, deadline)
+        request_id = stream.response.headers.get("x-request-id")
+        text_seen = False
+        refusal = ""
+        finish_reason: str | None = None
+        events = aiter(stream)
+        try:
             async with stream:
-                request_id = stream.response.headers.get("x-request-id")
-                async for event in stream:
+                while True:
+                    # A fresh scope per event: a timeout must never span a `yield`, or it
+                    # would fire in whatever the consumer is doing meanwhile.
+                    async with asyncio.timeout_at(ends):
+                        event = await anext(events, None)
+                    if event is None:
+                        break
                     usage = None
                     if event.usage is not None:
                         usage = Usage(event.usage.prompt_tokens, event.usage.completion_tokens)
@@ -256,17 +392,120 @@ class Completer:
                     text_seen = text_seen or bool(piece.strip())
                     if piece or choice.finish_reason or usage is not None:
                         yield Chunk(piece, choice.finish_reason, usage)
+        except TimeoutError as exc:
+            raise _log_failure(self._timed_out(deadline, ends, request_id)) from exc
         except openai.OpenAIError as exc:
-            # A connection dropped mid-stream arrives as APIConnectionError too.
-            error = translate_error(exc)
-            error.request_id = error.request_id or request_id
-            raise _log_failure(error) from exc
+            # A connection dropped mid-stream arrives as APIConnectionError. After the
+            # finish reason only the usage report was still to come: the answer is whole.
+            if finish_reason is None or not isinstance(exc, openai.APIConnectionError):
+                error = translate_error(exc)
+                error.request_id = error.request_id or request_id
+                raise _log_failure(error) from exc
+            log.debug("model stream broke after its finish reason (request id %s)", request_id)
+        if finish_reason is None:
+            raise _log_failure(
+                ProviderUnavailable(
+                    "the stream ended early, without a finish reason"
+                    f"{_where(stream.response.request)}",
+                    request_id=request_id,
+                )
+            )
         _check_answer("x" if text_seen else "", refusal or None, finish_reason, request_id)
+
+    def _deadline(self, deadline: float | None) -> float | None:
+        """When this answer must be done, in event-loop time; `None` for never."""
+        if self._timeout is None:
+            return deadline
+        own = asyncio.get_running_loop().time() + self._timeout
+        return own if deadline is None else min(own, deadline)
+
+    async def _send(
+        self,
+        create: Callable[[dict[str, str]], Awaitable[T]],
+        ends: float | None,
+        deadline: float | None,
+    ) -> T:
+        """Make the request, retrying what may pass, until the response starts or `ends`."""
+        loop = asyncio.get_running_loop()
+        attempt = 0
+        while True:
+            started = loop.time()
+            if ends is not None and started >= ends:
+                # Out of time before sending: no attempt to report.
+                raise _log_failure(self._timed_out(deadline, ends, None))
+            try:
+                async with asyncio.timeout_at(ends):
+                    result = await create({"x-stainless-retry-count": str(attempt)})
+            except TimeoutError as exc:
+                self._observe(None, loop.time() - started)
+                raise _log_failure(self._timed_out(deadline, ends, None)) from exc
+            except openai.OpenAIError as exc:
+                status = exc.status_code if isinstance(exc, openai.APIStatusError) else None
+                self._observe(status, loop.time() - started)
+                error = translate_error(exc)
+                wait = self._retry_wait(error, exc, attempt, ends)
+                if wait is None:
+                    if attempt:
+                        error.args = (f"{error} (after {attempt + 1} attempts)",)
+                    raise _log_failure(error) from exc
+                log.debug(
+                    "model call failed, retry %d of %d in %.2f s: %s",
+                    attempt + 1,
+                    self._max_retries,
+                    wait,
+                    error,
+                )
+                attempt += 1
+                await asyncio.sleep(wait)
+                continue
+            self._observe(200, loop.time() - started)
+            return result
+
+    def _retry_wait(
+        self, error: CompletionError, exc: openai.OpenAIError, attempt: int, ends: float | None
+    ) -> float | None:
+        """Seconds to wait before the next attempt, or `None` to give up now."""
+        if attempt >= self._max_retries:
+            return None
+        response = getattr(exc, "response", None)
+        headers = getattr(response, "headers", None)
+        told = headers.get("x-should-retry") if headers is not None else None
+        if told == "false" or (told != "true" and not isinstance(error, _RETRYABLE)):
+            return None
+        wait = retry_after(response)
+        if wait is None:
+            wait = min(_INITIAL_BACKOFF * 2.0**attempt, _MAX_BACKOFF) * (1 - 0.25 * random.random())
+        if ends is not None and asyncio.get_running_loop().time() + wait >= ends:
+            return None
+        return wait
+
+    def _observe(self, status: int | None, seconds: float) -> None:
+        if self._observer is None:
+            return
+        try:
+            self._observer.attempt_done(status, seconds)
+        except Exception:
+            log.exception("the model attempt observer failed")
+
+    def _timed_out(
+        self, deadline: float | None, ends: float | None, request_id: str | None
+    ) -> TimedOut:
+        """The error for reaching `ends`, naming which limit it was."""
+        if deadline is not None and ends is not None and ends >= deadline:
+            return TimedOut("no complete answer by the caller's deadline", request_id=request_id)
+        return TimedOut(
+            f"no complete answer within {self._timeout:g} s (OPENAI_TIMEOUT)",
+            request_id=request_id,
+        )
 
     def _extra_body(self) -> dict[str, object] | None:
         if self._max_output_tokens is None:
             return None
         return {self._max_tokens_field: self._max_output_tokens}
+
+
+_RETRYABLE = (RateLimited, ProviderUnavailable)
+"""Errors that may pass on another attempt: throttling, 408, 409, 5xx, connection failures."""
 
 
 def _check_answer(
@@ -282,13 +521,18 @@ def _check_answer(
 
 
 def translate_error(exc: openai.OpenAIError) -> CompletionError:
-    """Map an SDK exception to our own error type; the single place that knows the SDK's."""
+    """Map an SDK exception to our own error type; the single place that knows the SDK's.
+
+    The detail names the request's URL and, for a connection failure, its cause.
+    """
     request_id = getattr(exc, "request_id", None)
-    detail = f"{type(exc).__name__}: {exc}"
-    if isinstance(exc, openai.APITimeoutError):
-        return TimedOut(detail)
+    where = _where(getattr(exc, "request", None))
+    detail = f"{type(exc).__name__}: {exc}{where}"
     if isinstance(exc, openai.APIConnectionError):
-        return ProviderUnavailable(detail)
+        cause = _connection_failure(exc)
+        if cause is None:
+            return TimedOut(f"the provider did not answer in time{where}")
+        return ProviderUnavailable(f"{cause}{where}")
     if isinstance(exc, openai.RateLimitError):
         if exc.code == "insufficient_quota":
             return ProviderMisconfigured(detail, request_id=request_id)
@@ -299,6 +543,13 @@ def translate_error(exc: openai.OpenAIError) -> CompletionError:
         if exc.code == "content_filter":
             return Refused(detail, request_id=request_id)
         return ProviderMisconfigured(detail, request_id=request_id)
+    if isinstance(exc, openai.NotFoundError):
+        if exc.code == "model_not_found" or "model" in exc.message.lower():
+            hint = "; check OPENAI_MODEL"
+        else:
+            # Ollama's classic: a base URL without /v1 gets "404 page not found".
+            hint = "; nothing answers on this path: check that OPENAI_BASE_URL ends in /v1"
+        return ProviderMisconfigured(detail + hint, request_id=request_id)
     if isinstance(exc, openai.APIStatusError):
         if exc.status_code == 413:
             return PromptTooLong(detail, request_id=request_id)
@@ -306,6 +557,54 @@ def translate_error(exc: openai.OpenAIError) -> CompletionError:
             return ProviderUnavailable(detail, request_id=request_id)
         return ProviderMisconfigured(detail, request_id=request_id)
     return ProviderUnavailable(detail, request_id=request_id)
+
+
+def _connection_failure(exc: openai.APIConnectionError) -> str | None:
+    """What broke the connection, for the operator; `None` when the provider was just slow.
+
+    Read from the exceptions underneath, not from the SDK's class: through aiohttp a refused
+    connection or a server hanging up arrives as `APITimeoutError` too.
+    """
+    chain = _causes(exc)
+    for cause in chain:
+        if isinstance(cause, ssl.SSLError | ssl.CertificateError):
+            reason = getattr(cause, "verify_message", None) or getattr(cause, "reason", None)
+            return f"TLS error: {reason or cause}"
+    for cause in chain:
+        if isinstance(cause, socket.gaierror | aiohttp.ClientConnectorDNSError):
+            return f"DNS lookup failed: {cause.strerror or cause}"
+    if any(isinstance(cause, TimeoutError) for cause in chain):
+        return None
+    if any(isinstance(cause, ConnectionRefusedError) for cause in chain):
+        return "connection refused"
+    broken = [cause for cause in chain if isinstance(cause, OSError | aiohttp.ClientError)]
+    if isinstance(exc, openai.APITimeoutError) and not broken:
+        return None
+    innermost = chain[-1] if chain else exc
+    return f"connection failed: {innermost}"
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """The exceptions beneath `exc`, outermost first."""
+    chain: list[BaseException] = []
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None and cause not in chain and len(chain) < 20:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    return chain
+
+
+def _where(request: object) -> str:
+    """` (POST https://host/v1/chat/completions)`, without credentials or query; or ``."""
+    url = getattr(request, "url", None)
+    method = getattr(request, "method", None)
+    if url is None or method is None:
+        return ""
+    try:
+        shown = f"{url.scheme}://{url.netloc.decode('ascii')}{url.path}"
+    except (AttributeError, UnicodeDecodeError):
+        return ""
+    return f" ({method} {shown})"
 
 
 # Phrases providers use for an over-long prompt: OpenAI and vLLM ("maximum context
@@ -321,7 +620,10 @@ def _is_context_overflow(exc: openai.BadRequestError) -> bool:
 
 
 def retry_after(response: object) -> float | None:
-    """Seconds the provider asked us to wait, from `retry-after-ms` or `retry-after`."""
+    """Seconds the provider asked us to wait, from `retry-after-ms` or `retry-after`.
+
+    `retry-after` may be a number of seconds or an HTTP date.
+    """
     headers = getattr(response, "headers", None)
     if headers is None:
         return None
@@ -329,13 +631,26 @@ def retry_after(response: object) -> float | None:
         raw = headers.get(name)
         if raw is None:
             continue
+        seconds: float | None
         try:
             seconds = float(raw) / scale
         except ValueError:
-            continue
-        if seconds >= 0:
+            if name != "retry-after":
+                continue
+            seconds = _seconds_until(raw)
+        if seconds is not None and math.isfinite(seconds) and seconds >= 0:
             return seconds
     return None
+
+
+def _seconds_until(http_date: str) -> float | None:
+    try:
+        when = email.utils.parsedate_to_datetime(http_date)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
 
 
 def _log_failure(error: CompletionError) -> CompletionError:

@@ -32,6 +32,9 @@ How the SDK (openai 3.x) surfaces each failure, for the code that has to handle 
   ``openai.APIConnectionError`` whose ``__cause__`` is ``httpx2.RemoteProtocolError``;
 - a dropped connection before the response head (:class:`Hang` at shutdown, a non-streamed
   ``drop_after``) raises ``openai.APIConnectionError`` once retries are spent;
+- a stream that ends cleanly but early (``end_after``, :meth:`StreamGate.end`: no finish chunk,
+  no usage chunk, no ``[DONE]``) raises nothing: the SDK's iterator just stops, and only the
+  missing ``finish_reason`` tells the client the answer is incomplete;
 - ``await stream.close()``, or cancelling the task awaiting the request or reading the stream,
   closes the connection at once, and the server records ``client_disconnected``.
 """
@@ -120,7 +123,10 @@ class StreamReply:
     ``pieces`` given as one string is split into word tokens. ``interval`` seconds pass before
     each piece (a non-streamed request waits the sum, then gets the whole answer).
     ``drop_after=N`` aborts the connection once N pieces are out, with no final chunk and no
-    ``[DONE]``; a non-streamed request is dropped before any answer.
+    ``[DONE]``; a non-streamed request is dropped before any answer. ``end_after=N`` instead
+    ends the stream properly once N pieces are out, but with no finish chunk, no usage chunk and
+    no ``[DONE]`` (a server or proxy that gives up politely); a non-streamed request is answered
+    whole, as there is no early ending of a JSON body that is not a broken one.
     """
 
     pieces: str | Sequence[str]
@@ -128,6 +134,7 @@ class StreamReply:
     finish_reason: FinishReason = "stop"
     drop_after: int | None = None
     usage: Usage | None = None
+    end_after: int | None = None
 
     def tokens(self) -> list[str]:
         return tokenize(self.pieces) if isinstance(self.pieces, str) else list(self.pieces)
@@ -183,7 +190,7 @@ class StreamGateClosed(Exception):
 
 @dataclass
 class _GateCommand:
-    kind: Literal["piece", "finish", "drop", "closing"]
+    kind: Literal["piece", "finish_reason", "finish", "drop", "end", "closing"]
     piece: str = ""
     finish_reason: FinishReason = "stop"
     usage: Usage | None = None
@@ -216,6 +223,13 @@ class StreamGate:
         """Send one content piece (one chunk when streamed)."""
         await self._submit(_GateCommand("piece", piece=piece))
 
+    async def send_finish_reason(self, finish_reason: FinishReason = "stop") -> None:
+        """Send only the chunk that carries the finish reason, to be followed by :meth:`drop`
+        (a stream cut before its usage chunk and ``[DONE]``) or :meth:`end`. A non-streamed
+        request ignores it.
+        """
+        await self._submit(_GateCommand("finish_reason", finish_reason=finish_reason))
+
     async def finish(
         self, finish_reason: FinishReason = "stop", usage: Usage | None = None
     ) -> None:
@@ -225,6 +239,13 @@ class StreamGate:
     async def drop(self) -> None:
         """Abort the connection without a final chunk or ``[DONE]``."""
         await self._submit(_GateCommand("drop"))
+
+    async def end(self) -> None:
+        """End the stream properly but early: no finish chunk, no usage chunk, no ``[DONE]``.
+
+        A non-streamed request is answered with what was sent, as at :meth:`finish`.
+        """
+        await self._submit(_GateCommand("end"))
 
     async def _submit(self, command: _GateCommand) -> None:
         if self._closed:
@@ -383,6 +404,8 @@ class RecordedRequest:
     ``headers`` has lower-case names and never the ``Authorization`` value; ``has_bearer_key``
     says whether a non-empty bearer key came with it. ``body`` is the parsed JSON (``None`` if
     the body was empty or not JSON). ``request_id`` is the ``x-request-id`` sent back.
+    ``usage`` is the token usage the server reported for this request (in the completion, or in
+    the stream's usage chunk when the request asked for one), ``None`` if it reported none.
     """
 
     method: str
@@ -393,6 +416,7 @@ class RecordedRequest:
     request_id: str
     status: int | None = None
     outcome: Outcome | None = None
+    usage: Usage | None = None
     _ended: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     @property
@@ -697,6 +721,7 @@ class _Answer:
     usage: Usage | None = None
     interval: float = 0.0
     drop_after: int | None = None
+    end_after: int | None = None
 
 
 class _Exchange:
@@ -738,6 +763,8 @@ class _Exchange:
 
     def completion(self, answer: _Answer) -> dict[str, Any]:
         text = "".join(answer.pieces)
+        usage = self.usage(answer.usage, len(answer.pieces))
+        self.record.usage = usage
         return {
             "id": self.completion_id,
             "object": "chat.completion",
@@ -756,7 +783,7 @@ class _Exchange:
                     "finish_reason": answer.finish_reason,
                 }
             ],
-            "usage": self.usage(answer.usage, len(answer.pieces)).to_json(),
+            "usage": usage.to_json(),
             "service_tier": "default",
             "system_fingerprint": self.fingerprint,
         }
@@ -783,11 +810,16 @@ class _EventStream:
         await self._choice({"refusal" if self._refusal else "content": text}, None)
         self.sent += 1
 
+    async def finish_reason(self, finish_reason: FinishReason) -> None:
+        await self._choice({}, finish_reason)
+
     async def end(self, finish_reason: FinishReason, usage: Usage | None) -> None:
         await self._choice({}, finish_reason)
         exchange = self._exchange
         if exchange.include_usage:
-            await self._event(exchange.chunk([], exchange.usage(usage, self.sent)))
+            reported = exchange.usage(usage, self.sent)
+            exchange.record.usage = reported
+            await self._event(exchange.chunk([], reported))
         await self._response.write(b"data: [DONE]\n\n")
 
     async def _choice(self, delta: dict[str, Any], finish_reason: FinishReason | None) -> None:
@@ -1093,6 +1125,7 @@ class FakeOpenAI:
                     usage=behaviour.usage,
                     interval=behaviour.interval,
                     drop_after=behaviour.drop_after,
+                    end_after=behaviour.end_after,
                 )
                 await self._answer(exchange, answer)
 
@@ -1130,11 +1163,15 @@ class FakeOpenAI:
             for piece in answer.pieces:
                 if events.sent == answer.drop_after:
                     raise _Dropped
+                if events.sent == answer.end_after:
+                    return
                 if answer.interval:
                     await self._pause(answer.interval)
                 await events.piece(piece)
             if events.sent == answer.drop_after:
                 raise _Dropped
+            if events.sent == answer.end_after:
+                return
             await events.end(answer.finish_reason, answer.usage)
 
     @asynccontextmanager
@@ -1213,7 +1250,14 @@ class FakeOpenAI:
                 else:
                     collected.append(command.piece)
                 return False
-            case "finish":
+            case "finish_reason":
+                if events is not None:
+                    await events.finish_reason(command.finish_reason)
+                return False
+            case "end" if events is not None:
+                # Returning closes the response properly, with nothing more written.
+                return True
+            case "finish" | "end":
                 if events is not None:
                     await events.end(command.finish_reason, command.usage)
                 else:
