@@ -28,7 +28,7 @@ from bot.answers.answering import Answerer, Outcome, Progress
 from bot.discord_app.reply import Reply
 from bot.discord_app.stop_button import StopButton
 from bot.fair_use import access, limits
-from bot.fair_use import budgets as usage
+from bot.fair_use import budgets
 from bot.metrics import Metrics
 from bot.model import llm
 
@@ -73,7 +73,7 @@ class FairUse:
     gate: limits.AskGate
     in_flight: limits.InFlight
     per_user: limits.PerUserLimit
-    budgets: usage.DailyBudgets
+    budgets: budgets.DailyBudgets
     metrics: Metrics
     reserve_tokens: int = 1000
     """Tokens held from the budgets for an answer besides its prompt: the system prompt
@@ -127,7 +127,7 @@ class Ask(commands.Cog):
             return
         with self._fair.in_flight.track():
             try:
-                estimate = usage.estimate_tokens(prompt) + self._fair.reserve_tokens
+                estimate = budgets.estimate_tokens(prompt) + self._fair.reserve_tokens
                 hold = await self._fair.budgets.reserve(
                     interaction.user.id, interaction.guild_id, estimate
                 )
@@ -154,7 +154,7 @@ class Ask(commands.Cog):
         prompt: str,
         private: bool,
         admitted: Admitted,
-        hold: usage.Hold,
+        hold: budgets.Hold,
         reply: Reply,
         received: float,
     ) -> None:
@@ -261,7 +261,7 @@ class Ask(commands.Cog):
         self,
         interaction: discord.Interaction,
         prompt: str,
-        hold: usage.Hold,
+        hold: budgets.Hold,
         spent: llm.Usage | None,
         text: str,
     ) -> int:
@@ -274,8 +274,8 @@ class Ask(commands.Cog):
         if spent is not None:
             prompt_tokens, completion_tokens = spent.prompt_tokens, spent.completion_tokens
         elif text:
-            prompt_tokens = usage.estimate_tokens(prompt) + PROMPT_OVERHEAD_TOKENS
-            completion_tokens = usage.estimate_tokens(text)
+            prompt_tokens = budgets.estimate_tokens(prompt) + PROMPT_OVERHEAD_TOKENS
+            completion_tokens = budgets.estimate_tokens(text)
             log.info(
                 "provider reported no token usage for interaction %s; counting an "
                 "estimate of %d tokens",
