@@ -1,9 +1,9 @@
 """The completion helper: the only module that talks to the language model.
 
-`Completer` sends one prompt (after the system prompt) to an OpenAI-compatible chat
-completions endpoint and returns an `Answer` (or streams `Chunk`s), or raises one of the
-errors below. Every SDK failure is mapped to exactly one of them, so callers never see
-`openai` exceptions:
+`Completer` sends a conversation (a list of `ChatMessage`s, or one prompt after the
+configured system prompt) to an OpenAI-compatible chat completions endpoint and returns
+an `Answer` (or streams `Chunk`s), or raises one of the errors below. Every SDK failure is
+mapped to exactly one of them, so callers never see `openai` exceptions:
 
     CompletionError                 anything the model call can fail with
     ├── RateLimited                 the provider throttled us; `retry_after` when it said
@@ -52,7 +52,7 @@ import math
 import random
 import socket
 import ssl
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -63,6 +63,10 @@ import openai
 from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessageParam
 
 from bot.config import Settings
+
+ChatMessage = ChatCompletionMessageParam
+"""One message of a conversation sent to the model (`{"role": ..., "content": ...}`); the
+other layers use this name and never import `openai`."""
 
 log = logging.getLogger(__name__)
 
@@ -307,23 +311,35 @@ class Completer:
     def model(self) -> str:
         return self._model
 
-    def messages(self, prompt: str) -> list[ChatCompletionMessageParam]:
+    @property
+    def system_prompt(self) -> str:
+        """The configured system prompt, put before a lone prompt."""
+        return self._system_prompt
+
+    def messages(self, request: str | Sequence[ChatMessage]) -> list[ChatMessage]:
+        """The messages sent for `request`: a conversation as it is, or a lone prompt
+        after the system prompt."""
+        if not isinstance(request, str):
+            return list(request)
         return [
             {"role": "system", "content": self._system_prompt},
-            {"role": "user", "content": prompt},
+            {"role": "user", "content": request},
         ]
 
-    async def complete(self, prompt: str, *, deadline: float | None = None) -> Answer:
-        """Ask the model; return its answer or raise a `CompletionError`.
+    async def complete(
+        self, request: str | Sequence[ChatMessage], *, deadline: float | None = None
+    ) -> Answer:
+        """Answer `request` (see `messages`); return the answer or raise a `CompletionError`.
 
         `deadline` (event-loop time) ends the answer earlier than `timeout` would.
         """
+        messages = self.messages(request)
         ends = self._deadline(deadline)
 
         def create(headers: dict[str, str]) -> Awaitable[ChatCompletion]:
             return self._client.chat.completions.create(
                 model=self._model,
-                messages=self.messages(prompt),
+                messages=messages,
                 extra_body=self._extra_body(),
                 extra_headers=headers,
             )
@@ -341,9 +357,9 @@ class Completer:
         return Answer(text=text, finish_reason=choice.finish_reason, usage=usage)
 
     async def stream(
-        self, prompt: str, *, deadline: float | None = None
+        self, request: str | Sequence[ChatMessage], *, deadline: float | None = None
     ) -> AsyncGenerator[Chunk, None]:
-        """Ask the model and yield its answer as it is written.
+        """Answer `request` (see `messages`), yielding the answer as it is written.
 
         Raises a `CompletionError` before the first chunk or mid-stream (after the text so
         far): `TimedOut` at the deadline, `ProviderUnavailable` when the stream breaks or
@@ -352,11 +368,12 @@ class Completer:
         HTTP response, which cancels the request.
         """
         ends = self._deadline(deadline)
+        messages = self.messages(request)
 
         def create(headers: dict[str, str]) -> Awaitable[openai.AsyncStream[ChatCompletionChunk]]:
             return self._client.chat.completions.create(
                 model=self._model,
-                messages=self.messages(prompt),
+                messages=messages,
                 extra_body=self._extra_body(),
                 extra_headers=headers,
                 stream=True,

@@ -100,6 +100,11 @@ def unknown_webhook() -> DiscordError:
     return DiscordError(404, 10015, "Unknown Webhook")
 
 
+def invalid_webhook_token() -> DiscordError:
+    """What every use of an interaction token gets once its 15 minutes are over."""
+    return DiscordError(401, 50027, "Invalid Webhook Token")
+
+
 def unknown_message() -> DiscordError:
     return DiscordError(404, 10008, "Unknown Message")
 
@@ -114,6 +119,10 @@ def missing_access() -> DiscordError:
 
 def missing_permissions() -> DiscordError:
     return DiscordError(403, 50013, "Missing Permissions")
+
+
+def cannot_reply_without_history() -> DiscordError:
+    return DiscordError(403, 160002, "Cannot reply without permission to read message history")
 
 
 def cannot_edit_others_message() -> DiscordError:

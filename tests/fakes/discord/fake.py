@@ -1,19 +1,25 @@
 """A local Discord on 127.0.0.1: gateway and HTTP API on one port, for a real, unmodified bot.
 
 Start it, point discord.py at it (:func:`~tests.fakes.discord.redirect.point_discord_py_at`),
-run the bot, then act as a person would (:meth:`FakeDiscord.dispatch_interaction`,
-:meth:`FakeDiscord.press_button`) and assert on what people see
-(:meth:`FakeDiscord.transcript`) and on every request the bot made (:attr:`FakeDiscord.calls`).
+run the bot, then act as people would (:meth:`FakeDiscord.dispatch_interaction`,
+:meth:`FakeDiscord.press_button`, :meth:`FakeDiscord.submit_modal`,
+:meth:`FakeDiscord.post_message`, :meth:`FakeDiscord.create_thread`) or as moderators and
+Discord itself would (:meth:`FakeDiscord.delete_message`, :meth:`FakeDiscord.set_permissions`,
+:meth:`FakeDiscord.fail_requests`, :meth:`FakeDiscord.rate_limit_requests`,
+``clock.advance``), and assert on what people see (:meth:`FakeDiscord.transcript`) and on
+every request the bot made (:attr:`FakeDiscord.calls`).
 
 The fake enforces what Discord enforces; see the modules for each rule:
-``gateway`` (handshake, close codes, resume), ``rest`` (auth, routes, interactions),
-``rules`` (message and command limits), ``ratelimit`` (buckets and 429s) and ``spec``
+``gateway`` (handshake, close codes, resume, intents, MESSAGE_CONTENT), ``rest`` (auth,
+routes, interactions, replies, permissions), ``rules`` (message, modal and command
+limits), ``ratelimit`` (buckets and 429s), ``faults`` (scripted failures) and ``spec``
 (the OpenAPI check of every body).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import mimetypes
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -22,15 +28,24 @@ from aiohttp import web
 
 from . import rules
 from .clock import Clock
-from .gateway import Gateway
+from .errors import DiscordError
+from .faults import Failure, Fault, Scope, rate_limited, server_error
+from .gateway import MESSAGE_CONTENT, Gateway
 from .interactions import (
     InteractionHandle,
     OptionValue,
     command_data,
     component_data,
+    modal_submit_data,
 )
-from .payloads import command_payload, interaction_payload, message_payload
-from .ratelimit import RateLimiter, RateLimits
+from .payloads import (
+    channel_payload,
+    command_payload,
+    interaction_payload,
+    member_payload,
+    message_payload,
+)
+from .ratelimit import RateLimiter, RateLimits, bucket_hash
 from .rest import API_PREFIX, Call, Rest
 from .spec import SPEC_PATH, SpecViolation, load_spec
 from .state import (
@@ -38,6 +53,12 @@ from .state import (
     DM,
     EVERYONE_PERMISSIONS,
     MESSAGE_COMPONENT,
+    MODAL_SUBMIT,
+    SEND_MESSAGES,
+    SEND_MESSAGES_IN_THREADS,
+    VIEW_CHANNEL,
+    Attachment,
+    Channel,
     CommandSync,
     Message,
     User,
@@ -47,8 +68,11 @@ from .state import (
 
 DEFAULT_TOKEN = "MTIzNDU2Nzg5MDEyMzQ1Njc4.fake.local-bot-token-for-tests"
 BACKLOG = 1024  # connections the listening socket holds until accepted
+GUILDS = 1 << 0
 GUILD_MESSAGES = 1 << 9
+GUILD_MESSAGE_TYPING = 1 << 11
 DIRECT_MESSAGES = 1 << 12
+DIRECT_MESSAGE_TYPING = 1 << 14
 
 
 class FakeDiscord:
@@ -106,8 +130,10 @@ class FakeDiscord:
             gateway_url=lambda: self.gateway_url.rstrip("/"),
             application_flags=lambda: self.gateway.application_flags,
             identify_count=lambda: len(self.gateway.identifies),
+            content_intent=lambda: bool(self.gateway.enabled_intents & MESSAGE_CONTENT),
         )
         self.world.on_message_event = self._publish_message
+        self.world.on_typing = self._publish_typing
         if commands:
             rules.check_commands(list(commands))
             self.world.commands[None] = [
@@ -218,14 +244,17 @@ class FakeDiscord:
         *,
         user: User | None = None,
         dm: bool = False,
+        channel_id: int | None = None,
     ) -> InteractionHandle:
-        """``user`` runs ``/command`` in the guild's channel (or in their DM with the bot).
+        """``user`` runs ``/command`` in the guild's channel, in ``channel_id`` (a thread,
+        say) or in their DM with the bot.
 
         The command must be registered where it is used, as on Discord.
         """
         world = self.world
         person = user or world.user
-        channel = world.dm_channel(person) if dm else world.channels[world.channel_id]
+        where = channel_id or world.channel_id
+        channel = world.dm_channel(person) if dm else world.channel(where)
         data = command_data(world, channel, command, options or {})
         interaction = world.new_interaction(
             type=APPLICATION_COMMAND, channel=channel, user=person, command_name=command
@@ -249,6 +278,153 @@ class FakeDiscord:
         )
         return self._dispatch(interaction.id, data)
 
+    def submit_modal(
+        self,
+        opened_by: InteractionHandle | int,
+        values: Mapping[str, str] | None = None,
+        *,
+        user: User | None = None,
+    ) -> InteractionHandle:
+        """The person shown the modal that answered ``opened_by`` fills its text inputs
+        with ``values`` (by ``custom_id``) and submits it: a MODAL_SUBMIT interaction.
+
+        A modal is submitted once, by the person it was shown to; see
+        :func:`~tests.fakes.discord.interactions.modal_submit_data` for what they may enter.
+        Submitting a modal opened from a button carries that button's message.
+        """
+        world = self.world
+        opener_id = opened_by if isinstance(opened_by, int) else opened_by.id
+        opener = world.interactions[opener_id]
+        if opener.modal is None:
+            raise LookupError(f"interaction {opener_id} did not open a modal")
+        if opener.modal_submitted:
+            raise LookupError("that modal was submitted already and is closed")
+        person = user or opener.user
+        if person.id != opener.user.id:
+            raise LookupError(f"{person.username} was not shown that modal")
+        data = modal_submit_data(opener.modal, values or {})
+        opener.modal_submitted = True
+        interaction = world.new_interaction(
+            type=MODAL_SUBMIT,
+            channel=world.channels[opener.channel_id],
+            user=person,
+            custom_id=opener.modal["custom_id"],
+            source_message_id=opener.source_message_id,
+            opened_by=opener.id,
+        )
+        return self._dispatch(interaction.id, data)
+
+    def post_message(
+        self,
+        user: User,
+        content: str = "",
+        *,
+        channel_id: int | None = None,
+        reply_to: int | None = None,
+        mention_bot: bool = False,
+        ping_reply: bool = True,
+        attachments: Sequence[tuple[str, bytes]] = (),
+    ) -> VisibleMessage:
+        """``user`` posts a message in "general", in ``channel_id`` (a thread, or their DM
+        with the bot), as Discord's client would.
+
+        ``mention_bot`` starts the text with the bot's mention (``<@id> …``). ``reply_to``
+        makes it a reply to that message; a reply pings the replied-to author unless
+        ``ping_reply`` is off (the client's "@ On" toggle), and a pinged bot counts as
+        mentioned. ``attachments`` are (filename, bytes) pairs. MESSAGE_CREATE goes to
+        sessions with GUILD_MESSAGES (DIRECT_MESSAGES in a DM), with ``message_reference``,
+        ``referenced_message`` and ``mentions``; sessions without MESSAGE_CONTENT get the
+        content fields empty unless the bot is mentioned or it is a DM.
+        """
+        world = self.world
+        channel = world.channel(channel_id or world.channel_id)
+        self._check_can_post(user, channel)
+        replying_to = None
+        if reply_to is not None:
+            replying_to = world.messages.get(reply_to)
+            if (
+                replying_to is None
+                or replying_to.deleted
+                or replying_to.visible_to is not None
+                or replying_to.channel_id != channel.id
+            ):
+                raise LookupError(f"{user.username} sees no message {reply_to} to reply to")
+        if mention_bot:
+            content = f"<@{world.bot.id}> {content}".rstrip()
+        files = [
+            Attachment(
+                id=index,
+                filename=filename,
+                data=data,
+                content_type=mimetypes.guess_type(filename)[0],
+            )
+            for index, (filename, data) in enumerate(attachments)
+        ]
+        try:
+            message = world.post_as(
+                user,
+                channel,
+                content,
+                replying_to=replying_to,
+                ping_reply=ping_reply,
+                attachments=files,
+            )
+        except DiscordError as error:
+            raise ValueError(f"Discord's client would not send that: {error.body()}") from None
+        return world.visible(message)
+
+    def _check_can_post(self, user: User, channel: Channel) -> None:
+        world = self.world
+        if channel.type == DM:
+            if channel.recipient_id != user.id:
+                raise LookupError(f"{user.username} is not in DM channel {channel.id}")
+            return
+        needs = VIEW_CHANNEL | (SEND_MESSAGES_IN_THREADS if channel.is_thread else SEND_MESSAGES)
+        if world.permissions_in(user.id, channel) & needs != needs:
+            raise LookupError(f"{user.username} cannot post in channel {channel.id}")
+
+    def create_thread(
+        self, name: str, *, channel_id: int | None = None, owner: User | None = None
+    ) -> int:
+        """``owner`` starts a public thread called ``name`` under "general" (or
+        ``channel_id``); THREAD_CREATE goes to sessions with GUILDS. Returns its id."""
+        world = self.world
+        parent = world.channel(channel_id or world.channel_id)
+        thread = world.create_thread(name, parent, owner or world.user)
+        payload = {**channel_payload(world, thread), "newly_created": True}
+        self.gateway.dispatch("THREAD_CREATE", payload, intent=GUILDS, guild_id=thread.guild_id)
+        world.changes.notify()
+        return thread.id
+
+    def set_permissions(
+        self,
+        channel_id: int | None = None,
+        *,
+        allow: int = 0,
+        deny: int = 0,
+        target: User | int | None = None,
+    ) -> None:
+        """Overwrite permissions in a guild text channel (default "general") for the bot,
+        a member (``target`` a :class:`User`) or a role (``target`` its id; the guild's
+        id is @everyone). Threads follow their parent. Nothing allowed or denied removes
+        the overwrite. CHANNEL_UPDATE goes to sessions with GUILDS.
+
+        E.g. ``fake.set_permissions(deny=READ_MESSAGE_HISTORY)``: the bot can no longer
+        reply in "general" (403 160002).
+        """
+        world = self.world
+        channel = world.channel(channel_id or world.channel_id)
+        if target is None:
+            target_id = world.bot.id
+        elif isinstance(target, User):
+            target_id = target.id
+        else:
+            target_id = target
+        world.set_overwrite(channel, target_id, allow=allow, deny=deny)
+        payload = channel_payload(world, channel)
+        self.gateway.dispatch("CHANNEL_UPDATE", payload, intent=GUILDS, guild_id=channel.guild_id)
+        world.changes.notify()
+
     def _dispatch(self, interaction_id: int, data: dict[str, object]) -> InteractionHandle:
         world = self.world
         interaction = world.interactions[interaction_id]
@@ -258,6 +434,97 @@ class FakeDiscord:
         )
         world.changes.notify()
         return InteractionHandle(world, interaction)
+
+    def delete_message(self, message_id: int) -> None:
+        """A moderator deletes a message anyone in its channel can see (a channel message,
+        an interaction's original response or a followup).
+
+        From then on Discord answers 404 Unknown Message (10008) to every GET, PATCH and
+        DELETE of it, through the channel or the interaction token; the message leaves the
+        transcript; MESSAGE_DELETE goes to sessions with GUILD_MESSAGES (DIRECT_MESSAGES in
+        a DM). Ephemeral messages are seen by one person only and cannot be deleted so.
+        """
+        message = self.world.messages.get(message_id)
+        if message is None or message.deleted:
+            raise LookupError(f"message {message_id} does not exist")
+        if message.visible_to is not None:
+            raise LookupError(f"message {message_id} is ephemeral; no moderator can see it")
+        self.world.delete_message(message)
+
+    def fail_requests(
+        self,
+        method: str,
+        route: str | Iterable[str],
+        *,
+        status: int = 500,
+        times: int | None = 1,
+        message_id: int | None = None,
+        processed: bool = False,
+    ) -> Fault:
+        """The next ``times`` requests (``None``: all from now on) of ``method`` to ``route``
+        fail with a 5xx as Discord's servers send it (500, 502, 503 or 504); see
+        :mod:`~tests.fakes.discord.faults` for what discord.py does with each.
+
+        ``route`` is a template as :attr:`Call.route` shows it (e.g. :data:`WEBHOOK_MESSAGE`)
+        or several; ``message_id`` narrows it to requests about one message (``@original``
+        included). ``processed=True`` makes the change before failing.
+        """
+        return self._add_fault(
+            method, route, server_error(status), times, message_id, processed=processed
+        )
+
+    def rate_limit_requests(
+        self,
+        method: str,
+        route: str | Iterable[str],
+        *,
+        times: int | None = 1,
+        retry_after: float = 0.05,
+        scope: Scope | str = Scope.SHARED,
+        message_id: int | None = None,
+    ) -> Fault:
+        """The next ``times`` requests (``None``: all from now on) of ``method`` to ``route``
+        are answered 429 for ``scope`` (see :class:`~tests.fakes.discord.faults.Scope`).
+
+        discord.py sleeps out each ``retry_after`` and tries five times, so ``times=None``
+        makes it give up with ``HTTPException`` (status 429); ``scope="cloudflare"`` makes
+        it give up at the first answer.
+        """
+        scope = Scope(scope)
+        templates = self._templates(method, route)
+        if scope is Scope.GLOBAL and not all(self.rest.bot_route(method, t) for t in templates):
+            raise ValueError("interaction routes are not bound to the global rate limit")
+        limit = self.limits.channel_messages.count
+        failure = rate_limited(scope, retry_after, limit=limit, bucket=bucket_hash("fault"))
+        return self._add_fault(method, templates, failure, times, message_id, processed=False)
+
+    def _add_fault(
+        self,
+        method: str,
+        route: str | Iterable[str],
+        failure: Failure,
+        times: int | None,
+        message_id: int | None,
+        *,
+        processed: bool,
+    ) -> Fault:
+        fault = Fault(
+            method=method,
+            routes=frozenset(self._templates(method, route)),
+            failure=failure,
+            times=times,
+            message_id=message_id,
+            processed=processed,
+        )
+        self.rest.faults.append(fault)
+        return fault
+
+    def _templates(self, method: str, route: str | Iterable[str]) -> list[str]:
+        templates = [route] if isinstance(route, str) else list(route)
+        unknown = set(templates) - self.rest.routes(method)
+        if unknown or not templates:
+            raise ValueError(f"the fake serves no {method} {sorted(unknown)}")
+        return templates
 
     def reconnect(self) -> None:
         """Send op 7 RECONNECT: the client must reconnect and RESUME its session."""
@@ -294,6 +561,15 @@ class FakeDiscord:
     def response_violations(self) -> list[SpecViolation]:
         """The fake's own success bodies that broke the description (a bug in the fake)."""
         return self.rest.response_violations
+
+    def replies_to(self, message_id: int) -> list[VisibleMessage]:
+        """Standing replies to ``message_id`` (by anyone), oldest first."""
+        return [self.world.visible(m) for m in self.world.messages_replying_to(message_id)]
+
+    @property
+    def typing(self) -> list[tuple[int, int, float]]:
+        """Every typing indicator so far: (channel id, user id, when on the fake's clock)."""
+        return list(self.world.typing)
 
     def commands(self, guild_id: int | None = None) -> list[dict[str, object]]:
         """Registered commands, global unless ``guild_id`` is given."""
@@ -338,10 +614,29 @@ class FakeDiscord:
             data: dict[str, object] = {"id": str(message.id), "channel_id": str(channel.id)}
             if channel.guild_id is not None:
                 data["guild_id"] = str(channel.guild_id)
+            hidden = None
         else:
             data = message_payload(world, message, gateway=True)
+            hidden = message_payload(world, message, gateway=True, content_intent=False)
         intent = DIRECT_MESSAGES if channel.type == DM else GUILD_MESSAGES
-        self.gateway.dispatch(event, data, intent=intent, guild_id=channel.guild_id)
+        self.gateway.dispatch(
+            event, data, intent=intent, guild_id=channel.guild_id, without_content=hidden
+        )
+
+    def _publish_typing(self, channel: Channel, user: User) -> None:
+        world = self.world
+        data: dict[str, object] = {
+            "channel_id": str(channel.id),
+            "user_id": str(user.id),
+            "timestamp": int(world.clock.wall()),
+        }
+        if channel.guild_id is not None:
+            data["guild_id"] = str(channel.guild_id)
+            member = world.members.get(user.id)
+            if member is not None:
+                data["member"] = member_payload(world, member)
+        intent = DIRECT_MESSAGE_TYPING if channel.type == DM else GUILD_MESSAGE_TYPING
+        self.gateway.dispatch("TYPING_START", data, intent=intent, guild_id=channel.guild_id)
 
     async def _file(self, request: web.Request) -> web.Response:
         attachment_id = int(request.match_info["attachment_id"])

@@ -91,7 +91,8 @@ class _Session:
 class Gateway:
     """Serves gateway connections for one :class:`World` and one bot token.
 
-    For assertions: :attr:`identifies` (each IDENTIFY's ``d``), :attr:`resumes`,
+    For assertions: :attr:`identifies` (each IDENTIFY's ``d``), :attr:`dispatched`
+    (every event sent, with its data; :meth:`events` filters it), :attr:`resumes`,
     :attr:`readies_sent`, :attr:`heartbeats`, :attr:`connected`,
     :attr:`connection_queries` (each connection's query string), :attr:`server_close_codes`
     (codes the fake closed with), :attr:`client_close_codes` (codes clients closed with)
@@ -122,8 +123,15 @@ class Gateway:
         self.readies_sent = 0
         self.heartbeats = 0
         self.presence_updates: list[JsonObject] = []
+        # Every DISPATCH sent, to any session: (event name, data).
+        self.dispatched: list[tuple[str, JsonObject]] = []
         self.server_close_codes: list[int] = []
         self.client_close_codes: list[int | None] = []
+
+    @property
+    def enabled_intents(self) -> int:
+        """The privileged intents the application has enabled."""
+        return self._enabled_intents
 
     @property
     def connected(self) -> int:
@@ -365,16 +373,33 @@ class Gateway:
         return flags
 
     def dispatch(
-        self, event: str, data: JsonObject, *, intent: int = 0, guild_id: int | None = None
+        self,
+        event: str,
+        data: JsonObject,
+        *,
+        intent: int = 0,
+        guild_id: int | None = None,
+        without_content: JsonObject | None = None,
     ) -> None:
         """Send a DISPATCH to every session subscribed by ``intent`` (0: to all) on the
-        shard that owns ``guild_id`` (shard 0 for events outside guilds)."""
+        shard that owns ``guild_id`` (shard 0 for events outside guilds).
+
+        Sessions that did not identify with MESSAGE_CONTENT get ``without_content``
+        instead, when given.
+        """
         for session in list(self._sessions.values()):
             if intent and not session.intents & intent:
                 continue
             if not self._routes_to(session, guild_id):
                 continue
-            self._send_to(session, event, data)
+            if without_content is not None and not session.intents & MESSAGE_CONTENT:
+                self._send_to(session, event, without_content)
+            else:
+                self._send_to(session, event, data)
+
+    def events(self, event: str) -> list[JsonObject]:
+        """The data of every ``event`` dispatched so far, to any session."""
+        return [data for name, data in self.dispatched if name == event]
 
     def reconnect(self) -> None:
         """Ask every connected client to reconnect and resume (op 7 RECONNECT)."""
@@ -386,6 +411,7 @@ class Gateway:
         session.seq += 1
         frame = {"op": DISPATCH, "t": event, "s": session.seq, "d": data}
         session.log.append(frame)
+        self.dispatched.append((event, data))
         if session.connection is not None:
             session.connection.send(frame)
 

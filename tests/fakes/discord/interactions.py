@@ -1,4 +1,5 @@
-"""What a person can do to the bot: run a registered command or press a button.
+"""What a person can do to the bot: run a registered command, press a button, submit a
+modal the bot showed them.
 
 Discord's own client only lets people do what the registered commands and the rendered
 components allow, so these helpers refuse the impossible (unknown command, missing
@@ -11,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from . import rules
 from .errors import JsonObject
 from .state import (
     DM,
@@ -130,6 +132,51 @@ def component_data(world: World, message_id: int, custom_id: str, user: User) ->
     raise LookupError(f"message {message_id} has no button {custom_id!r}")
 
 
+def modal_submit_data(modal: JsonObject, values: Mapping[str, str]) -> JsonObject:
+    """The ``data`` of a MODAL_SUBMIT for ``modal`` (as the bot sent it, numbered) filled
+    with ``values`` by text input ``custom_id``.
+
+    ``ValueError`` for what Discord's client would not let a person submit: an unknown
+    input, a required input left empty, a value outside its ``min_length``/``max_length``.
+    An optional input left alone is submitted as ``""``.
+    """
+    inputs: dict[str, JsonObject] = {}
+    components: list[JsonObject] = []
+    for component in modal["components"]:
+        kind = component.get("type")
+        if kind == rules.TEXT_DISPLAY:
+            components.append({"type": kind, "id": component["id"]})
+            continue
+        child = component["component"] if kind == rules.LABEL else component["components"][0]
+        if child.get("type") != rules.TEXT_INPUT:
+            raise NotImplementedError("only text inputs are simulated in modals")
+        inputs[child["custom_id"]] = child
+        submitted: JsonObject = {
+            "type": rules.TEXT_INPUT,
+            "id": child["id"],
+            "custom_id": child["custom_id"],
+            "value": values.get(child["custom_id"], child.get("value") or ""),
+        }
+        if kind == rules.LABEL:
+            components.append({"type": kind, "id": component["id"], "component": submitted})
+        else:
+            components.append({"type": kind, "id": component["id"], "components": [submitted]})
+    unknown = set(values) - set(inputs)
+    if unknown:
+        raise ValueError(f"the modal has no text input(s) {sorted(unknown)}")
+    for custom_id, text_input in inputs.items():
+        value = values.get(custom_id, text_input.get("value") or "")
+        low = text_input.get("min_length") or 0
+        high = text_input.get("max_length") or rules.MAX_TEXT_INPUT
+        if not value:
+            if text_input.get("required", True) is not False:
+                raise ValueError(f"the text input {custom_id!r} is required")
+            continue
+        if not low <= len(value) <= high:
+            raise ValueError(f"{custom_id!r} takes {low}..{high} characters, not {len(value)}")
+    return {"custom_id": modal["custom_id"], "components": components}
+
+
 class InteractionHandle:
     """A test's view of one interaction: await its acknowledgement and answer, read its messages.
 
@@ -158,6 +205,11 @@ class InteractionHandle:
     @property
     def interaction(self) -> Interaction:
         return self._interaction
+
+    @property
+    def modal(self) -> JsonObject | None:
+        """The modal the bot answered with (callback type 9), as stored, if it did."""
+        return self._interaction.modal
 
     @property
     def callback_type(self) -> int | None:

@@ -13,6 +13,8 @@ from .state import (
     APPLICATION_COMMAND,
     ATTACHMENT_SIZE_LIMIT,
     DM,
+    MODAL_SUBMIT,
+    REPLY,
     Attachment,
     Channel,
     Interaction,
@@ -114,19 +116,57 @@ def channel_payload(world: World, channel: Channel) -> JsonObject:
             "flags": 0,
             "recipients": [user_payload(recipient)],
         }
+    if channel.is_thread:
+        return thread_payload(world, channel)
     return {
         "id": str(channel.id),
         "type": channel.type,
         "guild_id": str(channel.guild_id),
         "name": channel.name,
         "position": 0,
-        "permission_overwrites": [],
+        "permission_overwrites": [
+            {
+                "id": str(overwrite.id),
+                "type": overwrite.kind,
+                "allow": str(overwrite.allow),
+                "deny": str(overwrite.deny),
+            }
+            for overwrite in channel.overwrites.values()
+        ],
         "parent_id": None,
         "topic": None,
         "nsfw": False,
         "last_message_id": _last_message_id(world, channel),
         "rate_limit_per_user": 0,
         "flags": 0,
+    }
+
+
+def thread_payload(world: World, thread: Channel) -> JsonObject:
+    """A public thread: its parent, its starter, and the counts Discord keeps."""
+    messages = [m for m in world.messages.values() if m.channel_id == thread.id]
+    standing = [m for m in messages if not m.deleted]
+    members = {m.author.id for m in standing} | {thread.owner_id}
+    return {
+        "id": str(thread.id),
+        "type": thread.type,
+        "guild_id": str(thread.guild_id),
+        "parent_id": str(thread.parent_id),
+        "owner_id": str(thread.owner_id),
+        "name": thread.name,
+        "last_message_id": _last_message_id(world, thread),
+        "message_count": len(standing),
+        "total_message_sent": len(messages),
+        "member_count": min(50, len(members)),
+        "rate_limit_per_user": 0,
+        "flags": 0,
+        "thread_metadata": {
+            "archived": False,
+            "auto_archive_duration": 1440,
+            "archive_timestamp": timestamp(thread.created_at),
+            "locked": False,
+            "create_timestamp": timestamp(thread.created_at),
+        },
     }
 
 
@@ -137,7 +177,9 @@ def _last_message_id(world: World, channel: Channel) -> str | None:
 
 def guild_create_payload(world: World, *, members: list[Member]) -> JsonObject:
     """GUILD_CREATE for the fake guild with ``members`` (Discord sends only some)."""
-    channels = [channel_payload(world, c) for c in world.channels.values() if c.guild_id]
+    in_guild = [c for c in world.channels.values() if c.guild_id is not None]
+    channels = [channel_payload(world, c) for c in in_guild if not c.is_thread]
+    threads = [channel_payload(world, c) for c in in_guild if c.is_thread]
     for channel in channels:
         del channel["guild_id"]  # omitted inside GUILD_CREATE
     return {
@@ -188,7 +230,7 @@ def guild_create_payload(world: World, *, members: list[Member]) -> JsonObject:
         "member_count": len(world.members),
         "members": [member_payload(world, member) for member in members],
         "channels": channels,
-        "threads": [],
+        "threads": threads,
         "presences": [],
         "voice_states": [],
         "stage_instances": [],
@@ -252,7 +294,7 @@ def attachment_payload(world: World, message: Message, attachment: Attachment) -
 
 
 def interaction_metadata_payload(
-    world: World, interaction: Interaction, message: Message
+    world: World, interaction: Interaction, message: Message | None
 ) -> JsonObject:
     payload: JsonObject = {
         "id": str(interaction.id),
@@ -263,9 +305,18 @@ def interaction_metadata_payload(
     if interaction.type == APPLICATION_COMMAND:
         payload["name"] = interaction.command_name
         payload["command_type"] = 1
-    if interaction.original_id is not None and interaction.original_id != message.id:
+    if (
+        interaction.original_id is not None
+        and message is not None
+        and interaction.original_id != message.id
+    ):
         payload["original_response_message_id"] = str(interaction.original_id)
-    if interaction.source_message_id is not None:
+    if interaction.type == MODAL_SUBMIT:
+        opener = world.interactions[interaction.opened_by or 0]
+        payload["triggering_interaction_metadata"] = interaction_metadata_payload(
+            world, opener, None
+        )
+    elif interaction.source_message_id is not None:
         payload["interacted_message_id"] = str(interaction.source_message_id)
     return payload
 
@@ -275,15 +326,52 @@ def integration_owners(interaction: Interaction) -> dict[str, str]:
     return {"0": str(interaction.guild_id or 0)}
 
 
-def message_payload(world: World, message: Message, *, gateway: bool = False) -> JsonObject:
-    """A message as REST returns it; ``gateway`` adds what MESSAGE_CREATE carries."""
+def readable_without_intent(world: World, message: Message) -> bool:
+    """Whether an app without MESSAGE_CONTENT still gets this message's content: its own
+    messages, DMs with it, and messages that mention it."""
+    channel = world.channels[message.channel_id]
+    return (
+        message.author.id == world.bot.id
+        or channel.type == DM
+        or world.bot.id in message.notified.users
+    )
+
+
+def without_content(payload: JsonObject) -> JsonObject:
+    """What an app without MESSAGE_CONTENT receives: content, embeds, attachments and
+    components empty, no poll."""
+    emptied = {**payload, "content": "", "embeds": [], "attachments": [], "components": []}
+    emptied.pop("poll", None)
+    return emptied
+
+
+def message_payload(
+    world: World,
+    message: Message,
+    *,
+    gateway: bool = False,
+    content_intent: bool = True,
+    nested: bool = False,
+) -> JsonObject:
+    """A message as REST returns it; ``gateway`` adds what MESSAGE_CREATE carries.
+
+    Without ``content_intent`` the content fields are emptied unless the app may read the
+    message anyway (:func:`readable_without_intent`); a reply's ``referenced_message`` is
+    judged on its own.
+    """
     notified = message.notified
     channel = world.channels[message.channel_id]
     mentioned_users = [world.find_user(u) for u in sorted(notified.users) if _known(world, u)]
+    mentions = [user_payload(user) for user in mentioned_users]
+    if gateway and channel.guild_id is not None:
+        for mention in mentions:
+            member = world.members.get(int(mention["id"]))
+            if member is not None:
+                mention["member"] = member_payload(world, member, with_user=False)
     payload: JsonObject = {
         "type": message.type,
         "content": message.content,
-        "mentions": [user_payload(user) for user in mentioned_users],
+        "mentions": mentions,
         "mention_roles": [str(role) for role in sorted(notified.roles)],
         "attachments": [attachment_payload(world, message, a) for a in message.attachments],
         "embeds": message.embeds,
@@ -301,11 +389,14 @@ def message_payload(world: World, message: Message, *, gateway: bool = False) ->
     if message.nonce is not None:
         payload["nonce"] = message.nonce
     if message.message_reference is not None:
-        payload["message_reference"] = {
-            "type": 0,
-            "channel_id": str(message.channel_id),
-            **{k: v for k, v in message.message_reference.items() if k != "fail_if_not_exists"},
-        }
+        payload["message_reference"] = dict(message.message_reference)
+        if message.type == REPLY and not nested:
+            target = world.messages.get(int(message.message_reference["message_id"]))
+            payload["referenced_message"] = (
+                message_payload(world, target, content_intent=content_intent, nested=True)
+                if target is not None and not target.deleted
+                else None
+            )
     if message.webhook_id is not None:
         payload["webhook_id"] = str(message.webhook_id)
         payload["application_id"] = str(world.application_id)
@@ -319,11 +410,15 @@ def message_payload(world: World, message: Message, *, gateway: bool = False) ->
                 "name": interaction.command_name,
                 "user": user_payload(interaction.user),
             }
+    if gateway:
+        payload["channel_type"] = channel.type
     if gateway and channel.guild_id is not None:
         payload["guild_id"] = str(channel.guild_id)
         member = world.members.get(message.author.id)
         if member is not None:
             payload["member"] = member_payload(world, member, with_user=False)
+    if not content_intent and not readable_without_intent(world, message):
+        return without_content(payload)
     return payload
 
 
@@ -367,7 +462,7 @@ def interaction_channel_payload(world: World, interaction: Interaction) -> JsonO
     channel = world.channels[interaction.channel_id]
     payload = channel_payload(world, channel)
     if channel.guild_id is not None:
-        payload["permissions"] = str(world.permissions_of(interaction.user.id))
+        payload["permissions"] = str(world.permissions_in(interaction.user.id, channel))
     return payload
 
 
@@ -396,7 +491,9 @@ def interaction_payload(world: World, interaction: Interaction, data: JsonObject
         payload["guild_locale"] = "en-US"
         payload["member"] = {
             **member_payload(world, member),
-            "permissions": str(world.permissions_of(interaction.user.id)),
+            "permissions": str(
+                world.permissions_in(interaction.user.id, world.channels[interaction.channel_id])
+            ),
         }
         payload["context"] = 0
     else:
@@ -412,4 +509,4 @@ def _app_permissions(world: World, interaction: Interaction) -> int:
     if interaction.guild_id is None:
         # In a DM the bot can do what any DM participant can.
         return world.roles[0].permissions
-    return world.permissions_of(world.bot.id)
+    return world.permissions_in(world.bot.id, world.channels[interaction.channel_id])

@@ -7,12 +7,18 @@ The defaults below are the figures Discord's headers commonly report:
 =========================  ===================  =====================================
 bucket                     default              keyed by
 =========================  ===================  =====================================
-``channel_messages``       5 per 5 s            channel id (create/edit/delete, each)
+``channel_messages``       5 per 5 s            channel id (create, edit, delete: one)
 ``interaction_webhook``    5 per 2 s            interaction token (followups, edits)
 ``interaction_callback``   5 per 1 s            interaction id
 ``application_commands``   5 per 20 s           application (and guild)
 ``default``                50 per 1 s           route
 =========================  ===================  =====================================
+
+Sending, editing and deleting messages in one channel report one bucket hash (observed
+on the live API: discord/discord-api-docs#1442, #2761), and discord.py keys its buckets by
+that hash and the channel, so the fake counts them together, per channel: every answer
+streaming into a channel shares it, whatever message each edits. Interaction followups and
+edits are counted per interaction token instead.
 
 A client that waits whenever ``X-RateLimit-Remaining`` reaches 0 for
 ``X-RateLimit-Reset-After`` seconds never sees a 429; a burst that ignores the headers

@@ -7,6 +7,13 @@ none), the global limit, the route's rate-limit bucket, the body (JSON, or multi
 against the OpenAPI description when it is present; a mismatch is recorded, never refused,
 because the live service is the authority on what it accepts.
 
+Channel routes check the bot's permissions in that channel (its roles, then the channel's
+overwrites; a thread takes its parent's): no VIEW_CHANNEL is 403 Missing Access (50001),
+a missing SEND_MESSAGES (SEND_MESSAGES_IN_THREADS in a thread) 403 Missing Permissions
+(50013), and a reply without READ_MESSAGE_HISTORY 403 160002. Without the MESSAGE_CONTENT
+intent enabled for the application, messages read over REST have their content fields
+empty unless the bot wrote them, they are in a DM, or they mention it.
+
 Every response carries ``Via: 1.1 google`` (discord.py retries a 429 only when it sees
 one) and, when it has a body, ``Content-Type: application/json`` exactly (discord.py
 parses JSON only on that exact value). Interaction followups always answer with the
@@ -26,6 +33,7 @@ from aiohttp import BodyPartReader, web
 
 from . import errors, rules
 from .errors import DiscordError, JsonObject
+from .faults import Failure, Fault
 from .payloads import (
     application_payload,
     command_payload,
@@ -37,11 +45,12 @@ from .spec import OpenApiSpec, SpecViolation
 from .state import (
     ATTACHMENT_SIZE_LIMIT,
     CALLBACK_WINDOW,
-    GUILD_TEXT,
+    DM,
+    MANAGE_MESSAGES,
     MAX_FILES,
-    MESSAGE_COMPONENT,
     READ_MESSAGE_HISTORY,
     SEND_MESSAGES,
+    SEND_MESSAGES_IN_THREADS,
     TOKEN_LIFETIME,
     VIEW_CHANNEL,
     Attachment,
@@ -50,23 +59,43 @@ from .state import (
     Interaction,
     Message,
     World,
+    numbered,
 )
 
 log = logging.getLogger(__name__)
 
 API_PREFIX = "/api/v10"
-MANAGE_MESSAGES = 1 << 13
+
+# Route templates, as Call.route names them and fault injection takes them.
+CALLBACK = "/interactions/{interaction_id}/{interaction_token}/callback"
+FOLLOWUP = "/webhooks/{webhook_id}/{webhook_token}"
+WEBHOOK_ORIGINAL = "/webhooks/{webhook_id}/{webhook_token}/messages/@original"
+WEBHOOK_MESSAGE = "/webhooks/{webhook_id}/{webhook_token}/messages/{message_id}"
+# Every message an interaction token reaches: its original response and its followups.
+WEBHOOK_MESSAGES = (WEBHOOK_ORIGINAL, WEBHOOK_MESSAGE)
+CHANNEL_MESSAGES = "/channels/{channel_id}/messages"
+CHANNEL_MESSAGE = "/channels/{channel_id}/messages/{message_id}"
+TYPING = "/channels/{channel_id}/typing"
 
 # Interaction callback types. PONG (1) answers only PING interactions, which arrive over
 # HTTP, never the gateway; autocomplete results (8) answer autocomplete interactions, which
 # the fake does not send.
-CHANNEL_MESSAGE, DEFERRED_CHANNEL_MESSAGE = 4, 5
+CHANNEL_MESSAGE_WITH_SOURCE, DEFERRED_CHANNEL_MESSAGE = 4, 5
 DEFERRED_UPDATE_MESSAGE, UPDATE_MESSAGE = 6, 7
 MODAL, LAUNCH_ACTIVITY = 9, 12
+_MESSAGE_CALLBACKS = {
+    CHANNEL_MESSAGE_WITH_SOURCE,
+    DEFERRED_CHANNEL_MESSAGE,
+    DEFERRED_UPDATE_MESSAGE,
+    UPDATE_MESSAGE,
+}
 _CALLBACKS_FOR = {
-    2: {CHANNEL_MESSAGE, DEFERRED_CHANNEL_MESSAGE, MODAL, LAUNCH_ACTIVITY},
+    2: {CHANNEL_MESSAGE_WITH_SOURCE, DEFERRED_CHANNEL_MESSAGE, MODAL, LAUNCH_ACTIVITY},
+    # A modal submit cannot open another modal; the update types need the modal to have
+    # come from a component (checked in _callback).
+    5: _MESSAGE_CALLBACKS,
     3: {
-        CHANNEL_MESSAGE,
+        CHANNEL_MESSAGE_WITH_SOURCE,
         DEFERRED_CHANNEL_MESSAGE,
         DEFERRED_UPDATE_MESSAGE,
         UPDATE_MESSAGE,
@@ -94,6 +123,8 @@ class Call:
     response: Any
     since_dispatch: float | None
     interaction_id: int | None
+    # Whether a scripted fault (FakeDiscord.fail_requests / rate_limit_requests) answered.
+    injected: bool = False
 
 
 @dataclass
@@ -135,10 +166,6 @@ def _compile(template: str) -> re.Pattern[str]:
     return re.compile(f"^{regex}$")
 
 
-def _headers_for(body: Any) -> dict[str, str]:
-    return {"Content-Type": "application/json"} if body is not None else {}
-
-
 class Rest:
     """Routes, checks and records HTTP requests against one :class:`World`."""
 
@@ -153,8 +180,10 @@ class Rest:
         gateway_url: Callable[[], str],
         application_flags: Callable[[], int],
         identify_count: Callable[[], int],
+        content_intent: Callable[[], bool] = lambda: False,
     ) -> None:
         self._world = world
+        self._content_intent = content_intent
         self._token = token
         self._limits = limits
         self._limiter = limiter
@@ -166,7 +195,15 @@ class Rest:
         self.spec_violations: list[SpecViolation] = []
         self.response_violations: list[SpecViolation] = []
         self.internal_errors: list[str] = []
+        self.faults: list[Fault] = []
         self._routes = self._build_routes()
+
+    def routes(self, method: str) -> set[str]:
+        """The templates served for ``method``, as :attr:`Call.route` names them."""
+        return {route.template for route in self._routes if route.method == method}
+
+    def bot_route(self, method: str, template: str) -> bool:
+        return any(r.bot_auth for r in self._routes if (r.method, r.template) == (method, template))
 
     # Routing
 
@@ -204,10 +241,13 @@ class Rest:
             )
 
         def channel(method: str, template: str, handler: Handler) -> _Route:
+            # Sending, editing and deleting messages in a channel draw on one bucket per
+            # channel: Discord reports the same bucket hash for all three.
             return route(
                 method,
                 template,
                 handler,
+                bucket="channel messages",
                 limit=lambda limits: limits.channel_messages,
                 major=("channel_id",),
             )
@@ -223,12 +263,10 @@ class Rest:
                 major=major or ("application_id",),
             )
 
-        original = "/webhooks/{webhook_id}/{webhook_token}/messages/@original"
-        by_id = "/webhooks/{webhook_id}/{webhook_token}/messages/{message_id}"
+        original, by_id = WEBHOOK_ORIGINAL, WEBHOOK_MESSAGE
         global_scope = "/applications/{application_id}/commands"
         guild_scope = "/applications/{application_id}/guilds/{guild_id}/commands"
-        messages = "/channels/{channel_id}/messages"
-        message = "/channels/{channel_id}/messages/{message_id}"
+        messages, message = CHANNEL_MESSAGES, CHANNEL_MESSAGE
         return [
             route("GET", "/users/@me", self._current_user),
             route("GET", "/oauth2/applications/@me", self._application),
@@ -240,14 +278,14 @@ class Rest:
             commands("PUT", guild_scope, self._put_commands),
             route(
                 "POST",
-                "/interactions/{interaction_id}/{interaction_token}/callback",
+                CALLBACK,
                 self._callback,
                 bot_auth=False,
                 bucket="interaction callback",
                 limit=lambda limits: limits.interaction_callback,
                 major=("interaction_id",),
             ),
-            webhook("POST", "/webhooks/{webhook_id}/{webhook_token}", self._followup),
+            webhook("POST", FOLLOWUP, self._followup),
             webhook("GET", original, self._get_webhook_message),
             webhook("PATCH", original, self._edit_webhook_message),
             webhook("DELETE", original, self._delete_webhook_message),
@@ -258,6 +296,7 @@ class Rest:
             route("GET", message, self._get_channel_message),
             channel("PATCH", message, self._edit_channel_message),
             channel("DELETE", message, self._delete_channel_message),
+            route("POST", TYPING, self._typing, major=("channel_id",)),
         ]
 
     def _match(self, method: str, path: str) -> tuple[_Route, dict[str, str]]:
@@ -282,6 +321,7 @@ class Rest:
         headers: dict[str, str] = {}
         body: Any = None
         files: list[Attachment] = []
+        fault: Fault | None = None
         try:
             route, params = self._match(request.method, path)
             if route.bot_auth and request.headers.get("Authorization") != f"Bot {self._token}":
@@ -290,6 +330,12 @@ class Rest:
                 verdict = self._limiter.take_global(self._token, self._limits.global_per_second)
                 if not verdict.allowed:
                     return self._too_many(request, route, path, params, query, verdict)
+            # A scripted failure before processing stands in for the route, its bucket
+            # included: a request refused upstream spends nothing.
+            fault = self._fault_for(route, params, processed=False)
+            if fault is not None:
+                body, files = await _read_body(request)
+                return self._fail(request, route, path, params, query, body, files, fault)
             key = "+".join(params[name] for name in route.major) or route.template
             verdict = self._limiter.take(route.bucket, key, route.limit(self._limits))
             headers = verdict.headers()
@@ -297,10 +343,15 @@ class Rest:
                 return self._too_many(request, route, path, params, query, verdict)
             body, files = await _read_body(request)
             self._check_spec(route, body)
+            fault = self._fault_for(route, params, processed=True)
             incoming = Incoming(route.method, route.template, params, query, body, files)
             reply = route.handler(incoming)
+            if fault is not None:
+                return self._fail(request, route, path, params, query, body, files, fault)
             status, response = reply.status, reply.body
         except DiscordError as error:
+            if fault is not None:
+                fault.hits -= 1  # the request failed on its own; the fault is still owed
             status, response = error.status, error.body()
         except Exception as error:
             # A bug in the fake, not a Discord rule: answer as Discord's servers would when
@@ -310,6 +361,52 @@ class Rest:
             status, response = 500, {"message": "500: Internal Server Error", "code": 0}
         return self._respond(
             request, route, path, params, query, body, files, status, response, headers
+        )
+
+    def _fault_for(self, route: _Route, params: dict[str, str], *, processed: bool) -> Fault | None:
+        message_id = self._message_named(route, params)
+        for fault in self.faults:
+            if fault.processed == processed and fault.matches(
+                route.method, route.template, message_id
+            ):
+                fault.hits += 1
+                return fault
+        return None
+
+    def _message_named(self, route: _Route, params: dict[str, str]) -> int | None:
+        """The message a route acts on, ``@original`` resolved through its token."""
+        if route.template == WEBHOOK_ORIGINAL:
+            interaction = self._world.interaction_by_token(params["webhook_token"])
+            return interaction.original_id if interaction else None
+        reference = params.get("message_id")
+        return _snowflake_or_zero(reference) if reference is not None else None
+
+    def _fail(
+        self,
+        request: web.Request,
+        route: _Route,
+        path: str,
+        params: dict[str, str],
+        query: dict[str, str],
+        body: Any,
+        files: list[Attachment],
+        fault: Fault,
+    ) -> web.Response:
+        failure: Failure = fault.failure
+        return self._respond(
+            request,
+            route,
+            path,
+            params,
+            query,
+            body,
+            files,
+            failure.status,
+            failure.body,
+            failure.headers,
+            content_type=failure.content_type,
+            via=failure.via,
+            injected=True,
         )
 
     def _too_many(
@@ -343,6 +440,10 @@ class Rest:
         status: int,
         response: Any,
         headers: dict[str, str],
+        *,
+        content_type: str = "application/json",
+        via: bool = True,
+        injected: bool = False,
     ) -> web.Response:
         interaction = self._interaction_named(params)
         world = self._world
@@ -358,15 +459,18 @@ class Rest:
                 response=response,
                 since_dispatch=world.since_dispatch(interaction) if interaction else None,
                 interaction_id=interaction.id if interaction else None,
+                injected=injected,
             )
         )
         if route is not None and 200 <= status < 300 and response is not None:
             self._check_response(route, status, response)
         world.changes.notify()
-        all_headers = {"Via": "1.1 google", **headers, **_headers_for(response)}
+        all_headers = {**({"Via": "1.1 google"} if via else {}), **headers}
         if response is None:
             return web.Response(status=status, headers=all_headers)
-        return web.Response(status=status, body=json.dumps(response).encode(), headers=all_headers)
+        all_headers["Content-Type"] = content_type
+        data = response if isinstance(response, str) else json.dumps(response)
+        return web.Response(status=status, body=data.encode(), headers=all_headers)
 
     def _interaction_named(self, params: dict[str, str]) -> Interaction | None:
         if "interaction_id" in params:
@@ -374,6 +478,10 @@ class Rest:
         if "webhook_token" in params:
             return self._world.interaction_by_token(params["webhook_token"])
         return None
+
+    def _payload(self, message: Message) -> JsonObject:
+        """A message as this application gets it over REST (see MESSAGE_CONTENT)."""
+        return message_payload(self._world, message, content_intent=self._content_intent())
 
     def _check_spec(self, route: _Route, body: Any) -> None:
         if self._spec is None or body is None or not self._spec.knows(route.method, route.template):
@@ -387,7 +495,7 @@ class Rest:
             return
         resource = response.get("resource") if isinstance(response, dict) else None
         if isinstance(resource, dict) and resource.get("type") not in (
-            CHANNEL_MESSAGE,
+            CHANNEL_MESSAGE_WITH_SOURCE,
             UPDATE_MESSAGE,
         ):
             # The description allows only types 4 and 7 here; the live API also answers a
@@ -482,14 +590,22 @@ class Rest:
                 ["data"], "MODEL_TYPE_CONVERT", "Only dictionaries may be used in a ModelType"
             )
         data = data or {}
-        if kind not in _CALLBACKS_FOR.get(interaction.type, set()):
+        updates = kind in (DEFERRED_UPDATE_MESSAGE, UPDATE_MESSAGE)
+        if kind not in _CALLBACKS_FOR.get(interaction.type, set()) or (
+            updates and interaction.source_message_id is None
+        ):
             raise errors.invalid_form(
                 ["type"], "INTERACTION_RESPONSE_TYPE_INVALID", "Invalid interaction response type"
             )
-        if kind in (MODAL, LAUNCH_ACTIVITY):
+        if kind == LAUNCH_ACTIVITY:
             raise DiscordError(400, 0, f"interaction callback type {kind} is not simulated")
-        rules.check_message_fields(data)
-        message = self._respond_to(interaction, kind, data, incoming.files)
+        message = None
+        if kind == MODAL:
+            rules.check_modal(data)
+            interaction.modal = {**data, "components": numbered(data["components"])}
+        else:
+            rules.check_message_fields(data)
+            message = self._respond_to(interaction, kind, data, incoming.files)
         interaction.callback_type = kind
         interaction.acknowledged_at = world.clock.monotonic()
         if not with_response:
@@ -500,14 +616,14 @@ class Rest:
             summary["response_message_id"] = str(message.id)
             summary["response_message_loading"] = message.loading
             summary["response_message_ephemeral"] = message.ephemeral
-            result["resource"] = {"type": kind, "message": message_payload(world, message)}
+            result["resource"] = {"type": kind, "message": self._payload(message)}
         return Reply(200, result)
 
     def _respond_to(
         self, interaction: Interaction, kind: int, data: JsonObject, files: list[Attachment]
     ) -> Message | None:
         world = self._world
-        if kind == CHANNEL_MESSAGE:
+        if kind == CHANNEL_MESSAGE_WITH_SOURCE:
             message = world.create_message(
                 interaction.channel_id,
                 world.bot,
@@ -527,8 +643,9 @@ class Rest:
             interaction.original_id = message.id
             interaction.message_ids.append(message.id)
             return message
-        # DEFERRED_UPDATE_MESSAGE and UPDATE_MESSAGE act on the message with the component.
-        if interaction.type != MESSAGE_COMPONENT or interaction.source_message_id is None:
+        # DEFERRED_UPDATE_MESSAGE and UPDATE_MESSAGE act on the message with the component
+        # (for a modal submit, the component that opened the modal).
+        if interaction.source_message_id is None:
             raise AssertionError("update callbacks are only accepted for components")
         source = world.live_message(interaction.source_message_id)
         interaction.original_id = source.id
@@ -543,11 +660,11 @@ class Rest:
         if params["webhook_id"] != str(world.application_id):
             raise errors.unknown_webhook()
         interaction = world.interaction_by_token(params["webhook_token"])
-        if (
-            interaction is None
-            or interaction.callback_type is None
-            or world.since_dispatch(interaction) > TOKEN_LIFETIME
-        ):
+        if interaction is None:
+            raise errors.unknown_webhook()
+        if world.since_dispatch(interaction) > TOKEN_LIFETIME:
+            raise errors.invalid_webhook_token()
+        if interaction.callback_type is None:
             raise errors.unknown_webhook()
         return interaction
 
@@ -585,19 +702,19 @@ class Rest:
                 flags=rules.flags_of(body) & rules.SENDABLE_FLAGS,
             )
             interaction.message_ids.append(message.id)
-        return Reply(200, message_payload(world, message))
+        return Reply(200, self._payload(message))
 
     def _get_webhook_message(self, incoming: Incoming) -> Reply:
         interaction = self._webhook_interaction(incoming.params)
         message = self._webhook_message(interaction, incoming.params)
-        return Reply(200, message_payload(self._world, message))
+        return Reply(200, self._payload(message))
 
     def _edit_webhook_message(self, incoming: Incoming) -> Reply:
         interaction = self._webhook_interaction(incoming.params)
         message = self._webhook_message(interaction, incoming.params)
         self._world.edit_message(message, _object(incoming.body), attachments=incoming.files)
         interaction.edits += 1
-        return Reply(200, message_payload(self._world, message))
+        return Reply(200, self._payload(message))
 
     def _delete_webhook_message(self, incoming: Incoming) -> Reply:
         interaction = self._webhook_interaction(incoming.params)
@@ -607,37 +724,75 @@ class Rest:
 
     # Channel messages
 
-    def _bot_channel(self, params: dict[str, str], *, needs: int) -> Channel:
+    def _bot_channel(
+        self, params: dict[str, str], *, needs: int = 0, sending: bool = False
+    ) -> Channel:
+        """The channel a bot route names, once the bot may do ``needs`` there (and send,
+        with ``sending``: SEND_MESSAGES, or SEND_MESSAGES_IN_THREADS in a thread)."""
         world = self._world
         channel = world.channel(_snowflake_or_zero(params["channel_id"]))
-        if channel.type == GUILD_TEXT:
-            permissions = world.permissions_of(world.bot.id)
-            if not permissions & VIEW_CHANNEL:
-                raise errors.missing_access()
-            if permissions & needs != needs:
-                raise errors.missing_permissions()
+        if channel.type == DM:
+            return channel
+        if sending:
+            needs |= SEND_MESSAGES_IN_THREADS if channel.is_thread else SEND_MESSAGES
+        permissions = world.permissions_in(world.bot.id, channel)
+        if not permissions & VIEW_CHANNEL:
+            raise errors.missing_access()
+        if permissions & needs != needs:
+            raise errors.missing_permissions()
         return channel
 
     def _create_channel_message(self, incoming: Incoming) -> Reply:
         world = self._world
-        channel = self._bot_channel(incoming.params, needs=SEND_MESSAGES)
+        channel = self._bot_channel(incoming.params, sending=True)
         body = _object(incoming.body)
         rules.check_message_fields(body)
         nonce = body.get("nonce")
         if body.get("enforce_nonce") and nonce is not None:
             earlier = world.find_by_nonce(channel.id, world.bot, str(nonce))
             if earlier is not None:
-                return Reply(200, message_payload(world, earlier))
-        kind = rules_reference(world, channel, body)
+                return Reply(200, self._payload(earlier))
+        replying_to = self._replied_message(channel, body)
         message = world.create_message(
             channel.id,
             world.bot,
             body,
             attachments=incoming.files,
-            type=kind,
             flags=rules.flags_of(body) & (rules.SUPPRESS_EMBEDS | rules.SUPPRESS_NOTIFICATIONS),
+            replying_to=replying_to,
         )
-        return Reply(200, message_payload(world, message))
+        return Reply(200, self._payload(message))
+
+    def _replied_message(self, channel: Channel, body: JsonObject) -> Message | None:
+        """The message a post replies to, by Discord's rules: the bot must hold
+        READ_MESSAGE_HISTORY (403 160002); a reference to a message that is not in the
+        channel fails (50035) unless ``fail_if_not_exists`` is false, which sends the
+        post as a plain message."""
+        world = self._world
+        reference = body.get("message_reference")
+        if not reference:
+            return None
+        if reference.get("type") not in (None, 0):
+            raise DiscordError(400, 0, "message forwards are not simulated")
+        if channel.type != DM and not (
+            world.permissions_in(world.bot.id, channel) & READ_MESSAGE_HISTORY
+        ):
+            raise errors.cannot_reply_without_history()
+        target = world.messages.get(_snowflake_or_zero(reference.get("message_id")))
+        named_channel = reference.get("channel_id")
+        if (
+            target is not None
+            and not target.deleted
+            and target.visible_to is None
+            and target.channel_id == channel.id
+            and (named_channel is None or str(named_channel) == str(channel.id))
+        ):
+            return target
+        if reference.get("fail_if_not_exists") is not False:
+            raise errors.invalid_form(
+                ["message_reference"], "MESSAGE_REFERENCE_UNKNOWN_MESSAGE", "Unknown message"
+            )
+        return None
 
     def _get_channel_message(self, incoming: Incoming) -> Reply:
         channel = self._bot_channel(incoming.params, needs=READ_MESSAGE_HISTORY)
@@ -646,46 +801,37 @@ class Rest:
         )
         if message.visible_to is not None:
             raise errors.unknown_message()
-        return Reply(200, message_payload(self._world, message))
+        return Reply(200, self._payload(message))
 
     def _edit_channel_message(self, incoming: Incoming) -> Reply:
         world = self._world
-        channel = self._bot_channel(incoming.params, needs=0)
+        channel = self._bot_channel(incoming.params)
         message = world.live_message(_snowflake_or_zero(incoming.params["message_id"]), channel.id)
         if message.visible_to is not None:
             raise errors.unknown_message()
         world.bot_edit_message(message)
         world.edit_message(message, _object(incoming.body), attachments=incoming.files)
-        return Reply(200, message_payload(world, message))
+        return Reply(200, self._payload(message))
 
     def _delete_channel_message(self, incoming: Incoming) -> Reply:
         world = self._world
-        channel = self._bot_channel(incoming.params, needs=0)
+        channel = self._bot_channel(incoming.params)
         message = world.live_message(_snowflake_or_zero(incoming.params["message_id"]), channel.id)
         if message.visible_to is not None:
             raise errors.unknown_message()
         if message.author.id != world.bot.id and not (
-            channel.type == GUILD_TEXT and world.permissions_of(world.bot.id) & MANAGE_MESSAGES
+            channel.type != DM and world.permissions_in(world.bot.id, channel) & MANAGE_MESSAGES
         ):
             raise errors.missing_permissions()
         world.delete_message(message)
         return Reply(204)
 
-
-def rules_reference(world: World, channel: Channel, body: JsonObject) -> int:
-    """The message type for a channel post: a reply if it references a message that exists."""
-    reference = body.get("message_reference")
-    if not reference:
-        return 0
-    target = world.messages.get(_snowflake_or_zero(reference.get("message_id")))
-    if target is not None and not target.deleted and target.channel_id == channel.id:
-        return 19
-    if reference.get("fail_if_not_exists", True):
-        raise errors.invalid_form(
-            ["message_reference"], "MESSAGE_REFERENCE_UNKNOWN_MESSAGE", "Unknown message"
-        )
-    body.pop("message_reference")
-    return 0
+    def _typing(self, incoming: Incoming) -> Reply:
+        """The bot is typing: 204, and TYPING_START for those who listen."""
+        world = self._world
+        channel = self._bot_channel(incoming.params, sending=True)
+        world.start_typing(channel, world.bot)
+        return Reply(204)
 
 
 def _object(body: Any) -> JsonObject:

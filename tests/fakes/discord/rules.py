@@ -1,4 +1,4 @@
-"""Discord's limits on message and command bodies, raised as Discord's own errors.
+"""Discord's limits on message, modal and command bodies, raised as Discord's own errors.
 
 Field limits come back as one 50035 Invalid Form Body listing every offending field;
 a message with nothing to show is 50006 Cannot send an empty message. Lengths count
@@ -24,6 +24,15 @@ MAX_BUTTON_LABEL = 80
 MAX_COMMAND_OPTIONS = 25
 MAX_OPTION_CHOICES = 25
 MAX_STRING_OPTION = 6000
+MAX_MODAL_TITLE = 45
+MAX_MODAL_COMPONENTS = 5
+MAX_LABEL = 45
+MAX_LABEL_DESCRIPTION = 100
+MAX_TEXT_INPUT = 4000
+MAX_PLACEHOLDER = 100
+
+# Component types.
+ACTION_ROW, TEXT_INPUT, TEXT_DISPLAY, LABEL = 1, 4, 10, 18
 
 EPHEMERAL = 1 << 6
 LOADING = 1 << 7
@@ -162,6 +171,122 @@ def _check_allowed_mentions(errors: FormErrors, allowed: Any) -> None:
                 "MESSAGE_ALLOWED_MENTIONS_PARSE_EXCLUSIVE",
                 f'parse:["{kind}"] and {kind}: [ids...] are mutually exclusive.',
             )
+
+
+def check_modal(data: JsonObject) -> None:
+    """Raise 50035 for a modal (interaction callback type 9) Discord would not show.
+
+    A modal has a ``custom_id`` (1-100 characters), a ``title`` (1-45) and 1-5 top-level
+    components: labels (``label`` up to 45, ``description`` up to 100) wrapping one
+    component, text displays, or (deprecated) action rows holding a text input. A text
+    input has a ``custom_id`` (1-100, unique in the modal), a ``style`` (1 short,
+    2 paragraph), ``min_length`` 0-4000, ``max_length`` 1-4000, a ``value`` up to 4000
+    and a ``placeholder`` up to 100 characters; in an action row it needs a ``label``.
+    """
+    errors = FormErrors()
+    _check_text(errors, ["custom_id"], data.get("custom_id"), 1, MAX_CUSTOM_ID)
+    _check_text(errors, ["title"], data.get("title"), 1, MAX_MODAL_TITLE)
+    components = data.get("components")
+    if not isinstance(components, list) or not 1 <= len(components) <= MAX_MODAL_COMPONENTS:
+        errors.add(
+            ["components"],
+            "BASE_TYPE_BAD_LENGTH",
+            f"Must be between 1 and {MAX_MODAL_COMPONENTS} in length.",
+        )
+        components = components if isinstance(components, list) else []
+    seen: set[str] = set()
+    for index, component in enumerate(components):
+        path: list[str | int] = ["components", index]
+        kind = component.get("type") if isinstance(component, dict) else None
+        if kind == LABEL:
+            _check_text(errors, [*path, "label"], component.get("label"), 1, MAX_LABEL)
+            description = component.get("description")
+            if description is not None:
+                _check_text(errors, [*path, "description"], description, 1, MAX_LABEL_DESCRIPTION)
+            child = component.get("component")
+            if not isinstance(child, dict):
+                errors.add([*path, "component"], "BASE_TYPE_REQUIRED", "This field is required")
+            elif child.get("type") == TEXT_INPUT:
+                _check_text_input(errors, [*path, "component"], child, seen, in_label=True)
+        elif kind == ACTION_ROW:
+            children = component.get("components")
+            if not isinstance(children, list) or len(children) != 1:
+                errors.add([*path, "components"], "BASE_TYPE_BAD_LENGTH", "Must be 1 in length.")
+                continue
+            child = children[0]
+            if not isinstance(child, dict) or child.get("type") != TEXT_INPUT:
+                errors.add(
+                    [*path, "components", 0],
+                    "UNION_TYPE_CHOICES",
+                    'Value of field "type" must be one of (4,).',
+                )
+                continue
+            _check_text_input(errors, [*path, "components", 0], child, seen, in_label=False)
+        elif kind != TEXT_DISPLAY:
+            errors.add(
+                [*path],
+                "UNION_TYPE_CHOICES",
+                'Value of field "type" must be one of (1, 10, 18).',
+            )
+    errors.raise_if_any()
+
+
+def _check_text(errors: FormErrors, path: list[str | int], value: Any, low: int, high: int) -> None:
+    if value is None:
+        errors.add(path, "BASE_TYPE_REQUIRED", "This field is required")
+    elif not isinstance(value, str):
+        errors.add(path, "BASE_TYPE_STRING", "Must be a string.")
+    elif not low <= len(value) <= high:
+        if low == 0:
+            _too_long(errors, path, high)
+        else:
+            errors.add(path, "BASE_TYPE_BAD_LENGTH", f"Must be between {low} and {high} in length.")
+
+
+def _check_text_input(
+    errors: FormErrors,
+    path: list[str | int],
+    text_input: JsonObject,
+    seen: set[str],
+    *,
+    in_label: bool,
+) -> None:
+    custom_id = text_input.get("custom_id")
+    _check_text(errors, [*path, "custom_id"], custom_id, 1, MAX_CUSTOM_ID)
+    if isinstance(custom_id, str):
+        if custom_id in seen:
+            errors.add(
+                [*path, "custom_id"],
+                "COMPONENT_CUSTOM_ID_DUPLICATED",
+                "Component custom id cannot be duplicated",
+            )
+        seen.add(custom_id)
+    if text_input.get("style") not in (1, 2):
+        errors.add([*path, "style"], "BASE_TYPE_CHOICES", "Value must be one of {1, 2}.")
+    label = text_input.get("label")
+    if label is not None or not in_label:
+        _check_text(errors, [*path, "label"], label, 1, MAX_LABEL)
+    for key, low, high in (("min_length", 0, MAX_TEXT_INPUT), ("max_length", 1, MAX_TEXT_INPUT)):
+        number = text_input.get(key)
+        if number is None:
+            continue
+        if not isinstance(number, int) or isinstance(number, bool):
+            errors.add([*path, key], "NUMBER_TYPE_COERCE", "Value is not int.")
+        elif number < low:
+            errors.add(
+                [*path, key],
+                "NUMBER_TYPE_MIN",
+                f"int value should be greater than or equal to {low}.",
+            )
+        elif number > high:
+            errors.add(
+                [*path, key],
+                "NUMBER_TYPE_MAX",
+                f"int value should be less than or equal to {high}.",
+            )
+    for key, high in (("value", MAX_TEXT_INPUT), ("placeholder", MAX_PLACEHOLDER)):
+        if text_input.get(key) is not None:
+            _check_text(errors, [*path, key], text_input.get(key), 0, high)
 
 
 def flags_of(body: JsonObject) -> int:

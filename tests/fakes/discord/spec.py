@@ -1,9 +1,10 @@
 """Checks bodies against Discord's official OpenAPI description.
 
 The description lives outside the repository, at ``shared/discord-api-spec/openapi.json``
-beside the checkout; a clone without it runs the fake unchecked, and tests that need the
-check skip visibly through :func:`spec_available`. The document is large, so it is parsed
-once per process (:func:`load_spec`) and each operation's validator compiled on first use.
+beside the checkout (or beside a folder above it); a clone without it runs the fake
+unchecked, and tests that need the check skip visibly through :func:`spec_available`.
+The document is large, so it is parsed once per process (:func:`load_spec`) and each
+operation's validator compiled on first use.
 
 Request bodies are checked against the operation's ``application/json`` request schema
 (a multipart request's ``payload_json`` is that same JSON). Responses are checked only
@@ -23,9 +24,19 @@ from jsonschema import Draft202012Validator, ValidationError
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-SPEC_PATH = (
-    Path(__file__).resolve().parents[3].parent / "shared" / "discord-api-spec" / "openapi.json"
-)
+_SPEC_IN_SHARED = Path("shared") / "discord-api-spec" / "openapi.json"
+
+
+def _find_spec(checkout: Path) -> Path:
+    """``shared/discord-api-spec/openapi.json`` in the nearest folder above the checkout
+    that has one (a git worktree may sit deeper than the main checkout)."""
+    for folder in checkout.parents:
+        if (folder / _SPEC_IN_SHARED).is_file():
+            return folder / _SPEC_IN_SHARED
+    return checkout.parent / _SPEC_IN_SHARED
+
+
+SPEC_PATH = _find_spec(Path(__file__).resolve().parents[3])
 _DOCUMENT_URI = "urn:discord-openapi"
 
 

@@ -20,9 +20,11 @@ from .mentions import Mentions, pings
 from .snowflake import Snowflakes
 
 # Permission bits (https://discord.com/developers/docs/topics/permissions).
+ADMINISTRATOR = 1 << 3
 ADD_REACTIONS = 1 << 6
 VIEW_CHANNEL = 1 << 10
 SEND_MESSAGES = 1 << 11
+MANAGE_MESSAGES = 1 << 13
 EMBED_LINKS = 1 << 14
 ATTACH_FILES = 1 << 15
 READ_MESSAGE_HISTORY = 1 << 16
@@ -30,6 +32,7 @@ MENTION_EVERYONE = 1 << 17
 USE_EXTERNAL_EMOJIS = 1 << 18
 USE_APPLICATION_COMMANDS = 1 << 31
 SEND_MESSAGES_IN_THREADS = 1 << 38
+ALL_PERMISSIONS = (1 << 51) - 1
 EVERYONE_PERMISSIONS = (
     ADD_REACTIONS
     | VIEW_CHANNEL
@@ -50,9 +53,14 @@ CHAT_INPUT_COMMAND = 20
 # Interaction types.
 APPLICATION_COMMAND = 2
 MESSAGE_COMPONENT = 3
+MODAL_SUBMIT = 5
 
 GUILD_TEXT = 0
 DM = 1
+PUBLIC_THREAD = 11
+
+# Permission overwrite targets.
+ROLE, MEMBER = 0, 1
 
 ATTACHMENT_SIZE_LIMIT = 10 * 1024 * 1024
 MAX_FILES = 10
@@ -60,6 +68,7 @@ CALLBACK_WINDOW = 3.0
 TOKEN_LIFETIME = 15 * 60.0
 
 MessageEvent = Callable[[str, "Message"], None]
+TypingEvent = Callable[["Channel", "User"], None]
 
 
 @dataclass
@@ -80,13 +89,34 @@ class Role:
     bot_id: int | None = None
 
 
+@dataclass(frozen=True)
+class Overwrite:
+    """A channel's permission overwrite for a role or a member (``kind``)."""
+
+    id: int
+    kind: int
+    allow: int
+    deny: int
+
+
 @dataclass
 class Channel:
+    """A guild text channel, a DM with the bot, or a public thread under a text channel
+    (``parent_id``, started by ``owner_id``; it takes its permissions from the parent)."""
+
     id: int
     type: int
     name: str | None
     guild_id: int | None
     recipient_id: int | None = None
+    parent_id: int | None = None
+    owner_id: int | None = None
+    created_at: float = 0.0
+    overwrites: dict[int, Overwrite] = field(default_factory=dict)
+
+    @property
+    def is_thread(self) -> bool:
+        return self.type == PUBLIC_THREAD
 
 
 @dataclass
@@ -160,6 +190,11 @@ class Interaction:
     message_ids: list[int] = field(default_factory=list)
     # Edits through the token after acknowledgement (answers a DEFERRED_UPDATE_MESSAGE).
     edits: int = 0
+    # The modal this interaction was answered with (callback type 9), as stored.
+    modal: JsonObject | None = None
+    modal_submitted: bool = False
+    # For a modal submit: the interaction whose modal was submitted.
+    opened_by: int | None = None
 
 
 @dataclass(frozen=True)
@@ -178,6 +213,9 @@ class VisibleMessage:
     attachments: list[str]
     interaction_id: int | None
     notified: Mentions
+    channel_id: int = 0
+    # The message this one replies to (its id), if it is a reply.
+    reply_to: int | None = None
 
     @property
     def text(self) -> str:
@@ -212,6 +250,9 @@ class World:
         self.changes = Changes()
         # Told of MESSAGE_CREATE/UPDATE/DELETE for messages everyone can see.
         self.on_message_event: MessageEvent = lambda event, message: None
+        self.on_typing: TypingEvent = lambda channel, user: None
+        # Every typing indicator: (channel id, user id, wall-clock time).
+        self.typing: list[tuple[int, int, float]] = []
         self.application_id = self.snowflakes.next()
         self.application_name = application_name
         self.bot = User(self.snowflakes.next(), bot_username, None, bot=True)
@@ -269,7 +310,7 @@ class World:
         return channel
 
     def permissions_of(self, user_id: int) -> int:
-        """Guild-wide permissions (no channel overwrites exist in the fake)."""
+        """Guild-wide permissions, from the member's roles."""
         member = self.members.get(user_id)
         if member is None:
             return 0
@@ -278,6 +319,62 @@ class World:
             if role.id in member.role_ids:
                 value |= role.permissions
         return value
+
+    def permissions_in(self, user_id: int, channel: Channel) -> int:
+        """What ``user_id`` may do in a guild ``channel``, by Discord's order: roles, then
+        the channel's @everyone overwrite, its role overwrites together, its member
+        overwrite. A thread uses its parent's; without VIEW_CHANNEL nothing is allowed."""
+        base = self.permissions_of(user_id)
+        if base & ADMINISTRATOR:
+            return ALL_PERMISSIONS
+        if channel.parent_id is not None:
+            channel = self.channels[channel.parent_id]
+        member = self.members.get(user_id)
+        if member is None:
+            return 0
+        everyone = channel.overwrites.get(self.guild_id)
+        if everyone is not None:
+            base = (base & ~everyone.deny) | everyone.allow
+        allow = deny = 0
+        for role_id in member.role_ids:
+            overwrite = channel.overwrites.get(role_id)
+            if overwrite is not None:
+                allow, deny = allow | overwrite.allow, deny | overwrite.deny
+        base = (base & ~deny) | allow
+        own = channel.overwrites.get(user_id)
+        if own is not None and own.kind == MEMBER:
+            base = (base & ~own.deny) | own.allow
+        return base if base & VIEW_CHANNEL else 0
+
+    def set_overwrite(self, channel: Channel, target_id: int, *, allow: int, deny: int) -> None:
+        """Set (or, with nothing allowed or denied, remove) an overwrite on ``channel``."""
+        if channel.type != GUILD_TEXT:
+            raise ValueError("only guild text channels have permission overwrites here")
+        kind = MEMBER if target_id in self.members else ROLE
+        if kind == ROLE and target_id not in {role.id for role in self.roles}:
+            raise LookupError(f"no member or role {target_id}")
+        if allow or deny:
+            channel.overwrites[target_id] = Overwrite(target_id, kind, allow, deny)
+        else:
+            channel.overwrites.pop(target_id, None)
+
+    def create_thread(self, name: str, parent: Channel, owner: User) -> Channel:
+        """A public thread under ``parent``, started by ``owner``."""
+        if parent.type != GUILD_TEXT:
+            raise ValueError("public threads live under guild text channels")
+        if not 1 <= len(name) <= 100:
+            raise ValueError("a thread name is 1-100 characters")
+        thread = Channel(
+            self.snowflakes.next(),
+            PUBLIC_THREAD,
+            name,
+            self.guild_id,
+            parent_id=parent.id,
+            owner_id=owner.id,
+            created_at=self.clock.wall(),
+        )
+        self.channels[thread.id] = thread
+        return thread
 
     def mentionable_role_ids(self) -> set[int]:
         return {role.id for role in self.roles if role.mentionable}
@@ -295,26 +392,38 @@ class World:
         webhook_id: int | None = None,
         interaction: Interaction | None = None,
         flags: int = 0,
+        replying_to: Message | None = None,
     ) -> Message:
-        """Store a new message after checking Discord's rules; publish it if it is public."""
+        """Store a new message after checking Discord's rules; publish it if it is public.
+
+        ``replying_to`` makes it a reply (type 19) to that message, which pings its author
+        when ``allowed_mentions`` is absent or says ``replied_user``.
+        """
         rules.check_message_fields(body)
         rules.require_visible(body, files=len(attachments))
         message = Message(
             id=self.snowflakes.next(),
             channel_id=channel_id,
             author=author,
-            type=type,
+            type=REPLY if replying_to is not None else type,
             created_at=self.clock.wall(),
             flags=flags,
             webhook_id=webhook_id,
             interaction_id=interaction.id if interaction else None,
             nonce=None if body.get("nonce") is None else str(body["nonce"]),
-            message_reference=body.get("message_reference"),
+            message_reference=self.reference_to(replying_to) if replying_to else None,
         )
         if flags & rules.EPHEMERAL and interaction is not None:
             message.visible_to = interaction.user.id
         self._apply(message, body, attachments)
         message.notified = self._pings(message, body)
+        allowed = body.get("allowed_mentions")
+        if (
+            replying_to is not None
+            and replying_to.author.id != author.id
+            and (allowed is None or allowed.get("replied_user"))
+        ):
+            message.notified = message.notified | Mentions(users=frozenset({replying_to.author.id}))
         self.messages[message.id] = message
         self._announce("MESSAGE_CREATE", message)
         return message
@@ -370,6 +479,41 @@ class World:
         message.deleted = True
         self._announce("MESSAGE_DELETE", message)
 
+    def post_as(
+        self,
+        author: User,
+        channel: Channel,
+        content: str,
+        *,
+        replying_to: Message | None,
+        ping_reply: bool,
+        attachments: list[Attachment],
+    ) -> Message:
+        """A person's message as Discord's client sends it: every mention in the text may
+        ping, and a reply pings the replied-to author unless ``ping_reply`` is off."""
+        allowed: JsonObject = {"parse": ["users", "roles", "everyone"], "replied_user": ping_reply}
+        body: JsonObject = {"content": content, "allowed_mentions": allowed}
+        return self.create_message(
+            channel.id, author, body, attachments=attachments, replying_to=replying_to
+        )
+
+    def start_typing(self, channel: Channel, user: User) -> None:
+        self.typing.append((channel.id, user.id, self.clock.wall()))
+        self.on_typing(channel, user)
+        self.changes.notify()
+
+    def reference_to(self, message: Message) -> JsonObject:
+        """The ``message_reference`` of a reply to ``message``, as Discord stores it."""
+        reference: JsonObject = {
+            "type": 0,
+            "message_id": str(message.id),
+            "channel_id": str(message.channel_id),
+        }
+        guild_id = self.channels[message.channel_id].guild_id
+        if guild_id is not None:
+            reference["guild_id"] = str(guild_id)
+        return reference
+
     def live_message(self, message_id: int, channel_id: int | None = None) -> Message:
         message = self.messages.get(message_id)
         if message is None or message.deleted:
@@ -396,13 +540,23 @@ class World:
     def response_type(self, interaction: Interaction) -> int:
         return CHAT_INPUT_COMMAND if interaction.type == APPLICATION_COMMAND else DEFAULT
 
+    def messages_replying_to(self, message_id: int) -> list[Message]:
+        """Standing replies to ``message_id``, oldest first."""
+        return [
+            message
+            for message in sorted(self.messages.values(), key=lambda m: m.id)
+            if not message.deleted
+            and message.message_reference is not None
+            and message.message_reference.get("message_id") == str(message_id)
+        ]
+
     def _apply(self, message: Message, body: JsonObject, attachments: list[Attachment]) -> None:
         if "content" in body:
             message.content = body["content"] or ""
         if "embeds" in body:
             message.embeds = [{"type": "rich", **embed} for embed in body["embeds"] or []]
         if "components" in body:
-            message.components = _numbered(body["components"] or [])
+            message.components = numbered(body["components"] or [])
         if "attachments" in body:
             kept = _kept_attachment_ids(body["attachments"])
             message.attachments = [a for a in message.attachments if a.id in kept]
@@ -424,6 +578,8 @@ class World:
         message.allowed_mentions.append(allowed)
         if message.ephemeral:
             return Mentions()  # ephemeral messages never notify anyone
+        if allowed is None and message.webhook_id is not None:
+            allowed = {"parse": ["users"]}  # what interactions and webhooks parse by default
         return pings(
             message.content,
             allowed,
@@ -447,6 +603,7 @@ class World:
         command_name: str | None = None,
         custom_id: str | None = None,
         source_message_id: int | None = None,
+        opened_by: int | None = None,
     ) -> Interaction:
         interaction = Interaction(
             id=self.snowflakes.next(),
@@ -459,6 +616,7 @@ class World:
             command_name=command_name,
             custom_id=custom_id,
             source_message_id=source_message_id,
+            opened_by=opened_by,
         )
         self.interactions[interaction.id] = interaction
         return interaction
@@ -509,10 +667,17 @@ class World:
             attachments=[a.filename for a in message.attachments],
             interaction_id=message.interaction_id,
             notified=message.notified,
+            channel_id=message.channel_id,
+            reply_to=_referenced_id(message),
         )
 
 
-def _numbered(components: list[JsonObject]) -> list[JsonObject]:
+def _referenced_id(message: Message) -> int | None:
+    reference = message.message_reference
+    return int(reference["message_id"]) if reference and message.type == REPLY else None
+
+
+def numbered(components: list[JsonObject]) -> list[JsonObject]:
     """Components as Discord stores them: nulls dropped, each numbered in tree order
     (an ``id`` the sender gave is kept)."""
     counter = 0
@@ -524,6 +689,8 @@ def _numbered(components: list[JsonObject]) -> list[JsonObject]:
         stored.setdefault("id", counter)
         if isinstance(stored.get("components"), list):
             stored["components"] = [number(child) for child in stored["components"]]
+        if isinstance(stored.get("component"), dict):  # a label's one child
+            stored["component"] = number(stored["component"])
         return stored
 
     return [number(component) for component in components]
