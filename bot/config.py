@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+from bot.fair_use.concurrency import INITIAL_LIMIT
 from bot.fair_use.limits import CooldownSpec, parse_cooldown
 
 DEFAULT_MODEL = "gpt-4o-mini"
@@ -70,8 +71,12 @@ class Settings:
     stream_edit_interval: float = 1.0
     local_model_path: Path | None = None
     ask_cooldown: CooldownSpec | None = None
-    max_concurrent_asks: int = 50
+    max_concurrent_asks: int = INITIAL_LIMIT
+    """The pinned limit on model calls at once, or where the adaptive limit starts."""
+    adaptive_concurrency: bool = True
+    """MAX_CONCURRENT_ASKS unset: the limit adapts to the provider (`AdaptiveConcurrency`)."""
     max_queued_asks: int = 200
+    max_asks_per_user: int = 2
     max_prompt_chars: int = 6000
     allowed_guild_ids: frozenset[int] = frozenset()
     allowed_channel_ids: frozenset[int] = frozenset()
@@ -111,6 +116,13 @@ def load_settings(env: Mapping[str, str], *, require_discord: bool = True) -> Se
             f"OPENAI_BASE_URL must start with http:// or https:// (got {base_url!r})."
         )
 
+    pinned_concurrency = reader.parse(
+        "MAX_CONCURRENT_ASKS",
+        _positive_int,
+        None,
+        "a whole number > 0, or empty for a limit that adapts to the provider",
+    )
+
     settings = Settings(
         discord_token=token,
         openai_api_key=api_key,
@@ -133,10 +145,10 @@ def load_settings(env: Mapping[str, str], *, require_discord: bool = True) -> Se
         ask_cooldown=reader.parse(
             "ASK_COOLDOWN", parse_cooldown, None, "asks/seconds, for example 3/60"
         ),
-        max_concurrent_asks=reader.parse(
-            "MAX_CONCURRENT_ASKS", _positive_int, 50, "a whole number > 0"
-        ),
+        max_concurrent_asks=pinned_concurrency or INITIAL_LIMIT,
+        adaptive_concurrency=pinned_concurrency is None,
         max_queued_asks=reader.parse("MAX_QUEUED_ASKS", _count, 200, "a whole number >= 0"),
+        max_asks_per_user=reader.parse("MAX_ASKS_PER_USER", _positive_int, 2, "a whole number > 0"),
         max_prompt_chars=reader.parse(
             "MAX_PROMPT_CHARS", _prompt_chars, 6000, "a whole number from 1 to 6000"
         ),

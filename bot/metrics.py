@@ -50,16 +50,28 @@ class Metrics:
         self.running = Gauge(
             "bot_running_asks", "Asks holding a model slot.", registry=self.registry
         )
+        self.concurrency_limit = Gauge(
+            "bot_concurrency_limit",
+            "Model calls allowed at once now (adaptive unless pinned).",
+            registry=self.registry,
+        )
         self.discord_429s = Counter(
             "bot_discord_rate_limited",
             "Discord responses with status 429.",
             registry=self.registry,
         )
 
-    def track_gate(self, running: Callable[[], int], queued: Callable[[], int]) -> None:
-        """Read the gauges from the ask gate at scrape time."""
+    def track_gate(
+        self,
+        running: Callable[[], int],
+        queued: Callable[[], int],
+        limit: Callable[[], int] | None = None,
+    ) -> None:
+        """Read the gauges from the ask gate at scrape time (`limit`: e.g. `gate.limit`)."""
         self.running.set_function(lambda: float(running()))
         self.queue_depth.set_function(lambda: float(queued()))
+        if limit is not None:
+            self.concurrency_limit.set_function(lambda: float(limit()))
 
     def discord_trace(self) -> aiohttp.TraceConfig:
         """An aiohttp trace for the Discord client's HTTP session that counts 429s."""

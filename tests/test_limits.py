@@ -14,9 +14,11 @@ from bot.fair_use.limits import (
     Cooldown,
     CooldownSpec,
     GateClosed,
+    PerUserCap,
     Refusal,
     Ticket,
     TicketState,
+    UserHold,
     parse_cooldown,
 )
 
@@ -493,3 +495,201 @@ async def test_an_idle_gate_is_drained_at_once() -> None:
     gate.close()
     await gate.drained()
     assert (gate.running, gate.queued) == (0, 0)
+
+
+# --- AskGate: a limit that changes while asks run ---------------------------------------------
+
+
+async def test_raising_the_limit_admits_the_front_of_the_line_at_once() -> None:
+    gate = AskGate(max_concurrent=1, max_queued=4)
+    head = start(gate)
+    await head.entered.wait()
+    waiting = [start(gate) for _ in range(4)]
+    for place, asker in enumerate(waiting, start=1):
+        assert await asker.places.get() == place
+    gate.resize(3)
+    assert gate.limit == 3
+    await waiting[0].entered.wait()
+    await waiting[1].entered.wait()
+    # The two still waiting moved up two places each, straight to their new place.
+    assert await waiting[2].places.get() == 1
+    assert await waiting[3].places.get() == 2
+    assert (gate.running, gate.queued) == (3, 2)
+    for asker in [head, *waiting]:
+        await done(asker)
+    assert [asker.seen for asker in waiting] == [[1], [2], [3, 1], [4, 2, 1]]
+
+
+async def test_cutting_the_limit_lets_running_asks_finish_and_admits_no_one_until_below() -> None:
+    gate = AskGate(max_concurrent=3, max_queued=2)
+    runners = [start(gate) for _ in range(3)]
+    for runner in runners:
+        await runner.entered.wait()
+    first, second = start(gate), start(gate)
+    assert await first.places.get() == 1
+    gate.resize(1)
+    assert (gate.running, gate.limit) == (3, 1)  # nobody is stopped
+    await done(runners[0])
+    await done(runners[1])
+    assert first.ticket.state is TicketState.WAITING  # 1 running: still at the limit
+    assert gate.try_enter() is Refusal.BUSY
+    await done(runners[2])
+    await first.entered.wait()
+    assert second.ticket.position == 1
+    await done(first)
+    await second.entered.wait()
+    await done(second)
+    assert (gate.running, gate.queued) == (0, 0)
+
+
+async def test_a_newcomer_never_overtakes_the_line_when_a_cut_slot_frees() -> None:
+    gate = AskGate(max_concurrent=2, max_queued=1)
+    a, b = gate.try_enter(), gate.try_enter()
+    waiting = gate.try_enter()
+    assert isinstance(a, Ticket)
+    assert isinstance(b, Ticket)
+    assert isinstance(waiting, Ticket)
+    gate.resize(1)
+    a.cancel()
+    b.cancel()
+    assert waiting.state is TicketState.RUNNING
+    late = gate.try_enter()
+    assert isinstance(late, Ticket)
+    assert late.state is TicketState.WAITING
+
+
+def test_a_limit_below_one_is_refused() -> None:
+    gate = AskGate(max_concurrent=2, max_queued=0)
+    with pytest.raises(ValueError, match="at least 1"):
+        gate.resize(0)
+    assert gate.limit == gate.max_concurrent == 2
+
+
+# Operations on a gate: ("enter",), ("finish", n) the n-th running, ("leave", n) the n-th
+# waiting, ("resize", limit).
+gate_operations = st.lists(
+    st.one_of(
+        st.just(("enter", 0)),
+        st.tuples(st.just("finish"), st.integers(0, 20)),
+        st.tuples(st.just("leave"), st.integers(0, 20)),
+        st.tuples(st.just("resize"), st.integers(1, 6)),
+    ),
+    max_size=80,
+)
+
+
+@given(gate_operations)
+def test_under_any_resizing_the_line_is_first_come_first_served(
+    operations: list[tuple[str, int]],
+) -> None:
+    gate = AskGate(max_concurrent=2, max_queued=5)
+    arrivals: list[Ticket] = []
+    started: list[Ticket] = []
+    running: list[Ticket] = []
+    for operation, value in operations:
+        if operation == "enter":
+            ticket = gate.try_enter()
+            if isinstance(ticket, Ticket):
+                arrivals.append(ticket)
+        elif operation == "finish" and running:
+            running[value % len(running)].cancel()
+        elif operation == "leave":
+            waiting = [t for t in arrivals if t.state is TicketState.WAITING]
+            if waiting:
+                waiting[value % len(waiting)].cancel()
+        elif operation == "resize":
+            gate.resize(value)
+        for ticket in arrivals:
+            if ticket.state is TicketState.RUNNING and ticket not in started:
+                started.append(ticket)
+        running = [t for t in arrivals if t.state is TicketState.RUNNING]
+        waiting = [t for t in arrivals if t.state is TicketState.WAITING]
+        # Nobody waits while a slot is free; places are 1..n in order of arrival.
+        assert not waiting or len(running) >= gate.limit
+        assert [t.position for t in waiting] == list(range(1, len(waiting) + 1))
+        assert (gate.running, gate.queued) == (len(running), len(waiting))
+    # Tickets started in the order they arrived (those given back unused aside).
+    order = [arrivals.index(t) for t in started]
+    assert order == sorted(order)
+
+
+# --- PerUserCap -------------------------------------------------------------------------------
+
+
+def test_a_user_holds_at_most_their_share_of_asks_in_flight() -> None:
+    cap = PerUserCap(2)
+    first, second = cap.try_take(USER), cap.try_take(USER)
+    assert isinstance(first, UserHold)
+    assert isinstance(second, UserHold)
+    assert cap.try_take(USER) is None
+    assert isinstance(cap.try_take(OTHER), UserHold)  # others are not affected
+    assert (cap.in_flight(USER), cap.in_flight(OTHER)) == (2, 1)
+    first.release()
+    assert isinstance(cap.try_take(USER), UserHold)
+
+
+def test_a_released_place_is_given_back_once_and_idle_users_are_forgotten() -> None:
+    cap = PerUserCap(1)
+    hold = cap.try_take(USER)
+    assert hold is not None
+    with hold:
+        assert cap.tracked_users == 1
+    assert hold.released
+    hold.release()  # idempotent: does not free someone else's place
+    again = cap.try_take(USER)
+    assert again is not None
+    hold.release()
+    assert cap.try_take(USER) is None
+    again.release()
+    assert (cap.in_flight(USER), cap.tracked_users) == (0, 0)
+
+
+def test_a_failed_ask_gives_its_place_back() -> None:
+    cap = PerUserCap(1)
+    hold = cap.try_take(USER)
+    assert hold is not None
+    with pytest.raises(ZeroDivisionError), hold:
+        _ = 1 / 0
+    assert cap.in_flight(USER) == 0
+
+
+async def test_a_cancelled_ask_gives_its_place_back() -> None:
+    cap = PerUserCap(1)
+    holding = asyncio.Event()
+
+    async def ask() -> None:
+        hold = cap.try_take(USER)
+        assert hold is not None
+        with hold:
+            holding.set()
+            await asyncio.Event().wait()
+
+    task = asyncio.create_task(ask())
+    await holding.wait()
+    assert cap.try_take(USER) is None
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert cap.in_flight(USER) == 0
+    assert cap.try_take(USER) is not None
+
+
+def test_one_user_cannot_fill_the_line() -> None:
+    """The reported case: one slot, two places in line, and a second user still gets in."""
+    gate, cap = AskGate(max_concurrent=1, max_queued=2), PerUserCap(2)
+    admitted = []
+    for _ in range(3):
+        hold = cap.try_take(USER)
+        if hold is not None:
+            ticket = gate.try_enter()
+            assert isinstance(ticket, Ticket)
+            admitted.append(ticket)
+    assert len(admitted) == 2
+    hold = cap.try_take(OTHER)
+    assert hold is not None
+    assert isinstance(gate.try_enter(), Ticket)
+
+
+def test_a_cap_below_one_is_refused() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        PerUserCap(0)

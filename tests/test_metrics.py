@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bot.__main__ import StartupError, open_fair_use
 from bot.config import load_settings
+from bot.fair_use.limits import AskGate
 from bot.metrics import Metrics
 from tests.fakes.discord import FakeDiscord, RateLimits, point_discord_py_at
 from tests.fakes.openai_server import FakeOpenAI, Usage
@@ -77,6 +78,15 @@ def test_queue_gauges_are_read_from_the_gate_when_scraped() -> None:
 
     assert metrics.registry.get_sample_value("bot_running_asks") == 3
     assert metrics.registry.get_sample_value("bot_queue_depth") == 7
+
+
+def test_the_concurrency_limit_is_read_from_the_gate_when_scraped() -> None:
+    metrics = Metrics()
+    gate = AskGate(max_concurrent=256, max_queued=10)
+    metrics.track_gate(lambda: gate.running, lambda: gate.queued, lambda: gate.limit)
+    assert metrics.registry.get_sample_value("bot_concurrency_limit") == 256
+    gate.resize(12)  # the provider pushed back
+    assert metrics.registry.get_sample_value("bot_concurrency_limit") == 12
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
-"""Fair-use limits held in memory: a per-user cooldown, a gate on concurrent model calls,
-and the count of asks in flight.
+"""Fair-use limits held in memory: a per-user cooldown, a cap on each user's asks in flight,
+a gate on concurrent model calls, and the count of asks in flight.
 
 All are plain objects for one event loop. Every decision is taken synchronously, with
 no `await` between looking at the state and changing it, so two asks racing on the same
@@ -7,9 +7,22 @@ loop can never both take the last place.
 
 `Cooldown`
     At most N asks per user in any window of S seconds (a sliding window, set as "N/S").
+`PerUserCap`
+    At most N asks per user in flight at once (running or waiting in line), so one user
+    cannot take every place in line.
+
+    hold = cap.try_take(user_id)
+    if hold is None:
+        ...  # this user already has N asks in flight
+    with hold:  # given back however the block ends, cancellation included
+        ...
+
 `AskGate`
-    At most `max_concurrent` model calls at once; up to `max_queued` more wait their turn
-    in strict arrival order, and anyone beyond that is told at once that the bot is busy.
+    At most `limit` model calls at once; up to `max_queued` more wait their turn in strict
+    arrival order, and anyone beyond that is told at once that the bot is busy. The limit
+    may change while asks run (`resize`, driven by `bot.fair_use.concurrency`): a raise
+    admits waiting tickets at once, a cut lets running ones finish and admits no more
+    until fewer than the new limit run.
 
     ticket = gate.try_enter(on_position=show_place_in_line)
     if isinstance(ticket, Refusal):
@@ -17,8 +30,8 @@ loop can never both take the last place.
     async with ticket:  # waits for a free slot, reporting each new place in line
         answer = await completer.complete(prompt)
 
-`ticket.position` (1-based while waiting) and `gate.running` / `gate.queued` can be read
-at any time, e.g. for metrics.
+`ticket.position` (1-based while waiting) and `gate.running` / `gate.queued` /
+`gate.limit` can be read at any time, e.g. for metrics.
 `InFlight`
     The asks being handled, from admission to their last message, for a shutdown to wait
     on (a slot is given back earlier, as soon as the model is done).
@@ -42,10 +55,12 @@ __all__ = [
     "Cooldown",
     "CooldownSpec",
     "GateClosed",
+    "PerUserCap",
     "PositionCallback",
     "Refusal",
     "Ticket",
     "TicketState",
+    "UserHold",
     "parse_cooldown",
 ]
 
@@ -161,6 +176,81 @@ def _drop_before(times: deque[float], horizon: float) -> None:
         times.popleft()
 
 
+class PerUserCap:
+    """At most `max_per_user` asks of one user in flight at once, running or waiting.
+
+    Without it one user could fill every running slot and every place in line, and
+    everyone else would be told the bot is busy. `try_take` decides synchronously, so
+    two asks of the same user racing on one loop can never both take the last place.
+    Users with nothing in flight are forgotten, so memory is bounded by the asks in
+    flight.
+    """
+
+    def __init__(self, max_per_user: int) -> None:
+        if max_per_user < 1:
+            raise ValueError(f"max_per_user must be at least 1 (got {max_per_user})")
+        self.max_per_user = max_per_user
+        self._held: dict[int, int] = {}
+
+    def try_take(self, user_id: int) -> UserHold | None:
+        """A hold on one of the user's places, or None if all of them are taken.
+
+        The hold must be released (`with hold:` or `hold.release()`), or the place is
+        taken for good.
+        """
+        held = self._held.get(user_id, 0)
+        if held >= self.max_per_user:
+            return None
+        self._held[user_id] = held + 1
+        return UserHold(self, user_id)
+
+    def in_flight(self, user_id: int) -> int:
+        """How many asks of `user_id` hold a place now."""
+        return self._held.get(user_id, 0)
+
+    @property
+    def tracked_users(self) -> int:
+        """Users with at least one ask in flight (for metrics)."""
+        return len(self._held)
+
+    def _give_back(self, user_id: int) -> None:
+        held = self._held[user_id] - 1
+        if held:
+            self._held[user_id] = held
+        else:
+            del self._held[user_id]
+
+
+class UserHold:
+    """One ask's place under a `PerUserCap`, given back once by `release` or the `with` exit."""
+
+    def __init__(self, cap: PerUserCap, user_id: int) -> None:
+        self._cap = cap
+        self.user_id = user_id
+        self._released = False
+
+    @property
+    def released(self) -> bool:
+        return self._released
+
+    def release(self) -> None:
+        """Give the place back; does nothing the second time."""
+        if not self._released:
+            self._released = True
+            self._cap._give_back(self.user_id)
+
+    def __enter__(self) -> UserHold:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.release()
+
+
 class Refusal(enum.Enum):
     """Why `AskGate.try_enter` gave no ticket."""
 
@@ -245,11 +335,12 @@ class Ticket:
     async def _wait_for_turn(self) -> None:
         reported: int | None = None
         while self._state is TicketState.WAITING:
-            place = self._gate._place_of(self)
-            if self._on_position is not None and place != reported:
-                reported = place
-                await self._on_position(place)
-                continue
+            if self._on_position is not None:
+                place = self._gate._place_of(self)
+                if place != reported:
+                    reported = place
+                    await self._on_position(place)
+                    continue
             # No await between the check above and this wait, so no change is missed.
             self._changed.clear()
             await self._changed.wait()
@@ -261,6 +352,11 @@ class Ticket:
     def _notify(self) -> None:
         self._changed.set()
 
+    def _place_changed(self) -> None:
+        # A ticket nobody shows its place to only needs waking when its turn comes.
+        if self._on_position is not None:
+            self._changed.set()
+
 
 class AskGate:
     """Caps concurrent model calls per process, with a bounded first-come-first-served line.
@@ -271,6 +367,12 @@ class AskGate:
     no later arrival can overtake a waiting one. A waiting ticket that leaves the line
     moves everyone behind it one place forward.
 
+    `resize(limit)` changes the number of slots at any time. A raise admits as many
+    tickets from the front of the line as there are new free slots, at once; a cut takes
+    no slot away from a running ticket, so for a while more may run than the limit, and
+    no one is admitted until fewer than the new limit run. Either way the line keeps its
+    order and every place shown stays true.
+
     `close()` turns new asks away with `Refusal.CLOSING` and every waiting ticket with
     `GateClosed`; running ones finish, and `drained()` returns when none is left (wrap it
     in `asyncio.timeout` to bound a shutdown). Positions cost O(line length), which
@@ -278,17 +380,35 @@ class AskGate:
     """
 
     def __init__(self, max_concurrent: int, max_queued: int) -> None:
+        """`max_concurrent` is the starting limit; `resize` may change it later."""
         if max_concurrent < 1:
             raise ValueError(f"max_concurrent must be at least 1 (got {max_concurrent})")
         if max_queued < 0:
             raise ValueError(f"max_queued must be 0 or more (got {max_queued})")
-        self.max_concurrent = max_concurrent
+        self._limit = max_concurrent
         self.max_queued = max_queued
         self._running: set[Ticket] = set()
         self._line: deque[Ticket] = deque()
         self._closed = False
         self._idle = asyncio.Event()
         self._idle.set()
+
+    @property
+    def limit(self) -> int:
+        """How many tickets may run at once now."""
+        return self._limit
+
+    @property
+    def max_concurrent(self) -> int:
+        """The same as `limit` (the name the constructor takes)."""
+        return self._limit
+
+    def resize(self, limit: int) -> None:
+        """Let `limit` tickets run at once from now on (see the class docstring)."""
+        if limit < 1:
+            raise ValueError(f"the limit must be at least 1 (got {limit})")
+        self._limit = limit
+        self._fill()
 
     @property
     def running(self) -> int:
@@ -308,7 +428,7 @@ class AskGate:
         """A ticket at the back of the line (or running at once), or why there is none."""
         if self._closed:
             return Refusal.CLOSING
-        if len(self._running) < self.max_concurrent:
+        if len(self._running) < self._limit and not self._line:
             ticket = Ticket(self, on_position)
             self._admit(ticket)
             return ticket
@@ -343,9 +463,7 @@ class AskGate:
         if ticket._state is TicketState.RUNNING:
             self._running.discard(ticket)
             ticket._state = TicketState.DONE
-            if self._line:
-                self._admit(self._line.popleft())
-                self._notify_line()
+            self._fill()
         elif ticket._state is TicketState.WAITING:
             index = self._line.index(ticket)
             del self._line[index]
@@ -353,12 +471,21 @@ class AskGate:
             ticket._notify()
             # Only those behind the leaver move.
             for behind in list(self._line)[index:]:
-                behind._notify()
+                behind._place_changed()
         self._update_idle()
+
+    def _fill(self) -> None:
+        """Admit from the front of the line while a slot is free."""
+        admitted = False
+        while self._line and len(self._running) < self._limit:
+            self._admit(self._line.popleft())
+            admitted = True
+        if admitted:
+            self._notify_line()
 
     def _notify_line(self) -> None:
         for waiting in self._line:
-            waiting._notify()
+            waiting._place_changed()
 
     def _place_of(self, ticket: Ticket) -> int:
         return self._line.index(ticket) + 1
