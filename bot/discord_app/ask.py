@@ -27,10 +27,10 @@ from bot.answers import replies
 from bot.answers.answering import Answerer, Outcome, Progress
 from bot.discord_app.reply import Reply
 from bot.discord_app.stop_button import StopButton
-from bot.fair_use import access, limits
-from bot.fair_use import budgets
+from bot.fair_use import access, budgets, limits
 from bot.metrics import Metrics
 from bot.model import llm
+from bot.model.llm import AttemptObserver
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +72,11 @@ class FairUse:
     cooldown: limits.Cooldown | None
     gate: limits.AskGate
     in_flight: limits.InFlight
-    per_user: limits.PerUserLimit
+    per_user: limits.PerUserCap
     budgets: budgets.DailyBudgets
     metrics: Metrics
+    concurrency: AttemptObserver | None = None
+    """What hears of every model call, to adapt the gate's limit (None: a fixed limit)."""
     reserve_tokens: int = 1000
     """Tokens held from the budgets for an answer besides its prompt: the system prompt
     and the output cap (or a typical answer)."""
@@ -87,7 +89,7 @@ class Admitted:
     """A place at the gate and among the asker's asks in flight, given back on exit."""
 
     ticket: limits.Ticket
-    slot: limits.UserSlot
+    slot: limits.UserHold
 
     def release(self) -> None:
         self.ticket.cancel()
@@ -246,7 +248,7 @@ class Ask(commands.Cog):
                 return TurnedAway("cooldown", replies.cooldown(wait))
         slot = self._fair.per_user.try_take(user_id)
         if slot is None:
-            return TurnedAway("too_many", replies.too_many(self._fair.per_user.limit))
+            return TurnedAway("too_many", replies.too_many(self._fair.per_user.max_per_user))
         ticket = self._fair.gate.try_enter(on_position)
         if not isinstance(ticket, limits.Ticket):
             slot.release()
