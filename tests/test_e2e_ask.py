@@ -604,7 +604,9 @@ async def test_fifty_asks_at_once_each_get_their_own_answer(
     tmp_path: Path,
     overrides: dict[str, str],
 ) -> None:
-    async with run_stack(fake_discord, fake_openai, tmp_path, overrides) as stack:
+    # Two people with 25 questions each: the per-user cap is raised to let them in.
+    many = {**overrides, "MAX_ASKS_PER_USER": "25"}
+    async with run_stack(fake_discord, fake_openai, tmp_path, many) as stack:
         people = fake_discord.users
         prompts = [f"Question {n}: what is {n} squared?" for n in range(50)]
         handles = [
