@@ -35,11 +35,20 @@ from dotenv import load_dotenv
 
 from bot import logs
 from bot.config import ConfigError, Settings, load_settings
-from bot.discord_app.ask import FairUse
+from bot.discord_app.ask import PROMPT_OVERHEAD_TOKENS, FairUse
 from bot.discord_app.client import AskBot
 from bot.fair_use.access import AccessRules
-from bot.fair_use.budgets import Budget, DailyBudgets, Reservation, Scope, Totals
-from bot.fair_use.limits import AskGate, Cooldown, InFlight
+from bot.fair_use.budgets import (
+    Budget,
+    DailyBudgets,
+    Reservation,
+    Scope,
+    Totals,
+    ask_estimate,
+    estimate_tokens,
+)
+from bot.fair_use.concurrency import AdaptiveConcurrency
+from bot.fair_use.limits import AskGate, Cooldown, InFlight, PerUserCap
 from bot.metrics import Metrics
 from bot.model.llm import Completer, make_client, open_completer
 from bot.model.local_model import LocalModelError
@@ -51,6 +60,8 @@ log = logging.getLogger("bot")
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
+# Answers the built-in model writes at once for the bot (each slot holds its own context).
+LOCAL_SLOTS = 4
 # Seconds answers cut off at shutdown get to write their closing note.
 CLOSING_TIMEOUT = 5.0
 ENV_FILE = ".env"
@@ -126,7 +137,9 @@ async def run_bot(settings: Settings, stop: asyncio.Event | None = None) -> int:
     assert settings.discord_token is not None, "load_settings requires the token"
     async with (
         open_fair_use(settings) as fair_use,
-        open_completer(settings) as completer,
+        open_completer(
+            settings, local_slots=LOCAL_SLOTS, observer=fair_use.concurrency
+        ) as completer,
         AskBot(settings, completer, fair_use) as bot,
     ):
         _fail_fast_on_first_gateway_connect(bot)
@@ -187,8 +200,17 @@ async def open_fair_use(settings: Settings) -> AsyncIterator[FairUse]:
             f"cannot open the usage database in DATA_PATH={settings.data_path}: {error}"
         ) from error
     metrics = Metrics()
-    gate = AskGate(settings.max_concurrent_asks, settings.max_queued_asks)
-    metrics.track_gate(lambda: gate.running, lambda: gate.queued)
+    if settings.uses_builtin_model:
+        # llama.cpp answers this many at once; more would wait inside it unseen, and a
+        # place in line shown here would not be true.
+        gate = AskGate(LOCAL_SLOTS, settings.max_queued_asks)
+        concurrency = None
+    else:
+        gate = AskGate(settings.max_concurrent_asks, settings.max_queued_asks)
+        concurrency = AdaptiveConcurrency(gate) if settings.adaptive_concurrency else None
+    metrics.track_gate(lambda: gate.running, lambda: gate.queued, lambda: gate.limit)
+    budgets = DailyBudgets(store, Budget(settings.user_daily_tokens, settings.guild_daily_tokens))
+    pruning = asyncio.create_task(budgets.keep_pruned())
     stop_metrics = None
     try:
         if settings.metrics_port is not None:
@@ -210,12 +232,19 @@ async def open_fair_use(settings: Settings) -> AsyncIterator[FairUse]:
             cooldown=Cooldown(settings.ask_cooldown) if settings.ask_cooldown else None,
             gate=gate,
             in_flight=InFlight(),
-            budgets=DailyBudgets(
-                store, Budget(settings.user_daily_tokens, settings.guild_daily_tokens)
-            ),
+            per_user=PerUserCap(settings.max_asks_per_user),
+            budgets=budgets,
             metrics=metrics,
+            concurrency=concurrency,
+            reserve_tokens=ask_estimate(
+                estimate_tokens(settings.system_prompt) + PROMPT_OVERHEAD_TOKENS,
+                settings.max_output_tokens,
+            ),
+            answer_seconds=settings.openai_timeout,
         )
     finally:
+        pruning.cancel()
+        await asyncio.wait({pruning})
         if stop_metrics is not None:
             await asyncio.to_thread(stop_metrics)
         await store.close()
@@ -359,6 +388,7 @@ def _fair_use_for_sync(settings: Settings) -> FairUse:
         cooldown=None,
         gate=AskGate(settings.max_concurrent_asks, settings.max_queued_asks),
         in_flight=InFlight(),
+        per_user=PerUserCap(settings.max_asks_per_user),
         budgets=DailyBudgets(_NoUsageStore(), Budget()),
         metrics=Metrics(),
     )

@@ -604,7 +604,9 @@ async def test_fifty_asks_at_once_each_get_their_own_answer(
     tmp_path: Path,
     overrides: dict[str, str],
 ) -> None:
-    async with run_stack(fake_discord, fake_openai, tmp_path, overrides) as stack:
+    # Two people with 25 questions each: the per-user cap is raised to let them in.
+    many = {**overrides, "MAX_ASKS_PER_USER": "25"}
+    async with run_stack(fake_discord, fake_openai, tmp_path, many) as stack:
         people = fake_discord.users
         prompts = [f"Question {n}: what is {n} squared?" for n in range(50)]
         handles = [
@@ -638,12 +640,14 @@ async def test_an_unexpected_error_gets_an_apology_and_a_logged_traceback(
     working = getattr(llm.Completer, name)
     calls = 0
 
-    def first_call_breaks(self: llm.Completer, prompt: str) -> object:
+    def first_call_breaks(
+        self: llm.Completer, prompt: str, *, deadline: float | None = None
+    ) -> object:
         nonlocal calls
         calls += 1
         if calls == 1:
             raise RuntimeError("the adapter broke")
-        return working(self, prompt)
+        return working(self, prompt, deadline=deadline)
 
     monkeypatch.setattr(llm.Completer, name, first_call_breaks)
     async with run_stack(fake_discord, fake_openai, tmp_path, overrides) as stack:
@@ -686,12 +690,14 @@ async def test_no_secret_or_prompt_reaches_logs_or_messages(
     working = llm.Completer.complete
     calls = 0
 
-    async def fifth_call_breaks(self: llm.Completer, prompt: str) -> llm.Answer:
+    async def fifth_call_breaks(
+        self: llm.Completer, prompt: str, *, deadline: float | None = None
+    ) -> llm.Answer:
         nonlocal calls
         calls += 1
         if calls == 5:
             raise RuntimeError("the adapter broke")
-        return await working(self, prompt)
+        return await working(self, prompt, deadline=deadline)
 
     monkeypatch.setattr(llm.Completer, "complete", fifth_call_breaks)
     async with run_stack(fake_discord, fake_openai, tmp_path, NOT_STREAMED) as stack:

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import discord
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bot.answers.chunking import split_message
 from bot.answers.formatting import final_parts
-from bot.answers.streaming import WRITING_MARKER, LiveReply
+from bot.answers.messages import DeliveryFailed, MessageGone
+from bot.answers.streaming import FINAL_ATTEMPTS, WRITING_MARKER, LiveReply
 
 LIMIT = 200
 
@@ -32,6 +34,8 @@ class Recorder:
     shown: list[tuple[str, discord.ui.View | None]] = field(default_factory=list)
     writes: list[Shown] = field(default_factory=list)
     finished: list[str] | None = None
+    wrote: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set by every accepted write."""
 
     @property
     def count(self) -> int:
@@ -48,6 +52,7 @@ class Recorder:
         else:
             self.shown[index] = (content, view)
         self.writes.append(Shown(index, content, view))
+        self.wrote.set()
 
     async def finish(self, parts: Sequence[str]) -> None:
         self.finished = list(parts)
@@ -154,3 +159,85 @@ async def test_text_arriving_together_is_shown_in_one_write() -> None:
         "one two three" + WRITING_MARKER,
         "one two three",
     ]
+
+
+# --- Pacing of the final content, and writes Discord refuses ------------------------------------
+
+
+@dataclass
+class Flaky(Recorder):
+    """A `Recorder` whose next writes fail as scripted: each entry is raised by one call."""
+
+    failures: list[Exception] = field(default_factory=list)
+    attempts: int = 0
+
+    async def show(self, index: int, content: str, view: discord.ui.View | None = None) -> None:
+        self.attempts += 1
+        if self.failures:
+            raise self.failures.pop(0)
+        await super().show(index, content, view)
+
+
+def counting_views() -> tuple[list[discord.ui.View], Callable[[], discord.ui.View]]:
+    views: list[discord.ui.View] = []
+
+    def view() -> discord.ui.View:
+        views.append(Marker(timeout=None))
+        return views[-1]
+
+    return views, view
+
+
+async def test_the_final_content_is_not_held_back_by_the_edit_interval() -> None:
+    # An hour between edits: had the final edit waited out the pace, this would hang.
+    recorder = Recorder()
+    live = LiveReply(recorder, interval=3600.0, limit=LIMIT)
+    renderer = asyncio.create_task(live.run())
+    live.update("The first words")
+    await recorder.wrote.wait()
+    live.update("The first words and the rest")
+    async with asyncio.timeout(30):
+        await live.close(["The first words and the rest."], renderer)
+    assert recorder.shown == [("The first words and the rest.", None)]
+
+
+async def test_a_progress_edit_discord_refuses_is_retried_with_the_latest_text() -> None:
+    recorder = Flaky(failures=[DeliveryFailed("503")])
+    live = LiveReply(recorder, interval=0.0, limit=LIMIT)
+    renderer = asyncio.create_task(live.run())
+    live.update("Partial")
+    await recorder.wrote.wait()
+    await live.close(["Partial and final."], renderer)
+    assert recorder.attempts >= 2
+    assert recorder.shown == [("Partial and final.", None)]
+
+
+async def test_a_final_write_is_tried_again_then_given_up_with_its_buttons_stopped() -> None:
+    views, view = counting_views()
+    recorder = Flaky(failures=[])
+    live = LiveReply(recorder, interval=0.0, view_factory=view, limit=LIMIT)
+    renderer = asyncio.create_task(live.run())
+    live.update("Partial")
+    await recorder.wrote.wait()
+    recorder.failures = [DeliveryFailed("500")] * FINAL_ATTEMPTS
+    with pytest.raises(DeliveryFailed):
+        await live.close(["Partial and final."], renderer)
+    assert recorder.attempts == 1 + FINAL_ATTEMPTS
+    assert views
+    assert all(v.is_finished() for v in views)
+
+
+async def test_a_deleted_message_ends_rendering_at_once_with_its_buttons_stopped() -> None:
+    views, view = counting_views()
+    recorder = Flaky()
+    live = LiveReply(recorder, interval=0.0, view_factory=view, limit=LIMIT)
+    renderer = asyncio.create_task(live.run())
+    live.update("Partial")
+    await recorder.wrote.wait()
+    recorder.failures = [MessageGone("deleted")]
+    live.update("Partial and more")
+    with pytest.raises(MessageGone):
+        await renderer
+    assert recorder.attempts == 2
+    assert views
+    assert all(v.is_finished() for v in views)

@@ -8,7 +8,6 @@ person who asked. It never leaves a "still writing" marker behind.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ import discord
 
 from bot.answers import replies
 from bot.answers.formatting import final_parts
-from bot.answers.messages import Messages
+from bot.answers.messages import DeliveryFailed, MessageGone, Messages
 from bot.answers.streaming import LiveReply
 from bot.model import llm
 
@@ -65,6 +64,8 @@ class Answerer:
         *,
         stop_button: ViewFactory = lambda _pressed: None,
         on_model_done: Callable[[], None] = lambda: None,
+        deadline: float | None = None,
+        progress: Progress | None = None,
     ) -> Outcome:
         """Ask the model and show its answer in `messages`.
 
@@ -72,29 +73,52 @@ class Answerer:
         setting `pressed` stops the generation, keeping the text so far.
         `on_model_done()` is called as soon as the model is done with this answer,
         before the final edits, so its slot can serve the next ask.
-        If cancelled, the messages are closed with a note before the cancellation
-        propagates.
+        `deadline` (event loop time) ends the model call early: what was written is
+        kept, with a note. `progress`, when given, holds the text so far however the
+        answer ends, cancellation included (for counting what was spent).
+
+        When the messages are gone (deleted, token expired) generation stops and the
+        outcome says so (`deleted`, `expired`); when Discord keeps refusing writes it is
+        `undelivered`. If cancelled, the messages are closed with a note (or with the
+        answer itself, when the model had finished) before the cancellation propagates.
         """
-        if self._stream:
-            return await self._stream_answer(prompt, messages, stop_button, on_model_done)
+        progress = progress if progress is not None else Progress()
         try:
-            return await self._answer(prompt, messages, on_model_done)
-        except asyncio.CancelledError:
-            await messages.finish([replies.RESTARTED_NOTE])
-            raise
+            if self._stream:
+                return await self._stream_answer(
+                    prompt, messages, stop_button, on_model_done, deadline, progress
+                )
+            return await self._answer(prompt, messages, on_model_done, deadline, progress)
+        except (MessageGone, DeliveryFailed) as error:
+            on_model_done()
+            kind = error.kind if isinstance(error, MessageGone) else "undelivered"
+            log.info("answer not shown in full: %s", error)
+            return Outcome(kind, progress.text, progress.usage, None)
 
     async def _answer(
-        self, prompt: str, reply: Messages, on_model_done: Callable[[], None]
+        self,
+        prompt: str,
+        reply: Messages,
+        on_model_done: Callable[[], None],
+        deadline: float | None,
+        progress: Progress,
     ) -> Outcome:
         try:
-            answer = await self._completer.complete(prompt)
+            answer = await self._completer.complete(prompt, deadline=deadline)
         except llm.CompletionError as error:
             on_model_done()
-            await reply.finish([replies.error_message(error)])
+            progress.error = error
+            await _finish(reply, [replies.error_message(error)])
             return Outcome(error.kind, "", None, None)
+        except asyncio.CancelledError:
+            await _finish(reply, [replies.RESTARTED_NOTE])
+            raise
         on_model_done()
+        progress.text, progress.usage = answer.text, answer.usage
+        progress.finish_reason = answer.finish_reason
         note = replies.TRUNCATED_NOTE if answer.truncated else None
-        await reply.finish(final_parts(answer.text, note))
+        # Cut off by a shutdown while sending, the answer itself is still the best close.
+        await _finish(reply, final_parts(answer.text, note))
         kind = "truncated" if answer.truncated else "answered"
         return Outcome(kind, answer.text, answer.usage, asyncio.get_running_loop().time())
 
@@ -104,14 +128,15 @@ class Answerer:
         reply: Messages,
         stop_button: ViewFactory,
         on_model_done: Callable[[], None],
+        deadline: float | None,
+        progress: Progress,
     ) -> Outcome:
         stop_pressed = asyncio.Event()
         live = LiveReply(
             reply, interval=self._edit_interval, view_factory=lambda: stop_button(stop_pressed)
         )
-        progress = Progress()
         renderer = asyncio.create_task(live.run())
-        consumer = asyncio.create_task(self._consume(prompt, live, progress))
+        consumer = asyncio.create_task(self._consume(prompt, live, progress, deadline))
         stop_waiter = asyncio.create_task(stop_pressed.wait())
         try:
             try:
@@ -120,21 +145,24 @@ class Answerer:
                 )
             except asyncio.CancelledError:
                 consumer.cancel()
-                await live.close(final_parts(progress.text, replies.RESTARTED_NOTE), renderer)
+                await _close(live, final_parts(progress.text, replies.RESTARTED_NOTE), renderer)
                 raise
             if renderer in done:
-                renderer.result()  # only ends early by raising: Discord refused an edit
+                # It ends early only by raising: the messages are gone, or Discord kept
+                # failing. Nobody will see more, so stop the model.
+                await _cancelled(consumer)
+                on_model_done()
+                renderer.result()
             stopped = consumer not in done
             if stopped:
-                consumer.cancel()  # closes the HTTP stream, which cancels the generation
-                with contextlib.suppress(asyncio.CancelledError):
-                    await consumer
+                # Closing the HTTP stream cancels the generation.
+                await _cancelled(consumer)
             on_model_done()
             if not stopped and consumer.exception() is not None:
                 # Unexpected: keep what was written, leave the apology to the tree.
-                await live.close(final_parts(progress.text), renderer)
+                await _close(live, final_parts(progress.text), renderer)
                 consumer.result()
-            await live.close(streamed_parts(progress, stopped=stopped), renderer)
+            await _close(live, streamed_parts(progress, stopped=stopped), renderer)
             return Outcome(
                 streamed_kind(progress, stopped=stopped),
                 progress.text,
@@ -145,9 +173,11 @@ class Answerer:
             for task in (consumer, stop_waiter, renderer):
                 task.cancel()
 
-    async def _consume(self, prompt: str, live: LiveReply, progress: Progress) -> None:
+    async def _consume(
+        self, prompt: str, live: LiveReply, progress: Progress, deadline: float | None
+    ) -> None:
         try:
-            async for chunk in self._completer.stream(prompt):
+            async for chunk in self._completer.stream(prompt, deadline=deadline):
                 if chunk.text:
                     progress.text += chunk.text
                     live.update(progress.text)
@@ -155,6 +185,36 @@ class Answerer:
                 progress.usage = chunk.usage or progress.usage
         except llm.CompletionError as error:
             progress.error = error
+
+
+async def _cancelled(task: asyncio.Task[None]) -> None:
+    """Cancel `task` and wait until it has ended, without hiding our own cancellation."""
+    task.cancel()
+    await asyncio.wait({task})
+
+
+async def _close(live: LiveReply, parts: list[str], renderer: asyncio.Task[None]) -> None:
+    """Close `live` with `parts`; if cancelled meanwhile, still write them, then re-raise."""
+    try:
+        await live.close(parts, renderer)
+    except asyncio.CancelledError:
+        # The renderer was cancelled with us; the final parts are still the right close.
+        await _finish(live.messages, parts)
+        raise
+
+
+async def _finish(reply: Messages, parts: list[str]) -> None:
+    """`reply.finish(parts)`, completed even when the caller is cancelled meanwhile."""
+    writing = asyncio.ensure_future(reply.finish(parts))
+    try:
+        await asyncio.shield(writing)
+    except asyncio.CancelledError:
+        # A shutdown cut in while the last messages were going out: let them land (the
+        # shutdown bounds how long), then let the cancellation go on.
+        await asyncio.wait({writing})
+        if not writing.cancelled() and writing.exception() is not None:
+            log.info("could not close an answer cut off by a shutdown: %s", writing.exception())
+        raise
 
 
 def streamed_parts(progress: Progress, *, stopped: bool) -> list[str]:

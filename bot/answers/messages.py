@@ -1,4 +1,12 @@
-"""What an answer is shown through: an ordered set of messages, in Discord or a terminal."""
+"""What an answer is shown through: an ordered set of messages, in Discord or a terminal.
+
+An implementation raises one of two errors when the other side will not take a write:
+
+    MessageGone       the messages can no longer be shown: deleted by someone, or the
+                      interaction's token expired. Nobody will see any further write.
+    DeliveryFailed    the service kept failing (server errors, rate limits it would not
+                      absorb) after its own retries; a later write may succeed.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +14,21 @@ from collections.abc import Sequence
 from typing import Protocol
 
 import discord
+
+
+class MessageGone(Exception):
+    """The answer's messages are gone or out of reach for good; `str()` says which."""
+
+    kind = "deleted"
+    """How the ask ended, for logs and metrics: `deleted`, or `expired` for the token."""
+
+    def __init__(self, detail: str, *, kind: str = "deleted") -> None:
+        super().__init__(detail)
+        self.kind = kind
+
+
+class DeliveryFailed(Exception):
+    """A write was not accepted after retries; `str()` is for operators."""
 
 
 class Messages(Protocol):
@@ -16,6 +39,14 @@ class Messages(Protocol):
 
     def showing(self, index: int) -> tuple[str, discord.ui.View | None]: ...
 
-    async def show(self, index: int, content: str, view: discord.ui.View | None = None) -> None: ...
+    async def show(self, index: int, content: str, view: discord.ui.View | None = None) -> None:
+        """Make message `index` (an existing one, or the next) show `content` and `view`.
 
-    async def finish(self, parts: Sequence[str]) -> None: ...
+        Raises `MessageGone` or `DeliveryFailed`; after either, the shown state is as
+        before the call.
+        """
+        ...
+
+    async def finish(self, parts: Sequence[str]) -> None:
+        """Show exactly `parts`, without buttons; raises like `show`."""
+        ...

@@ -77,6 +77,19 @@ def cooldown(retry_after: float) -> str:
 
 BUSY = "I'm answering a lot of questions right now. Please try again shortly."
 RESTARTING = "I'm restarting right now. Please try again in a minute."
+TOO_LATE = (
+    "Sorry, I couldn't get to your question in time: it waited too long in line. Please ask again."
+)
+
+
+def too_many(limit: int) -> str:
+    questions = "question" if limit == 1 else "questions"
+    return (
+        f"You already have {limit} {questions} waiting or being answered. "
+        "Please wait for an answer before asking again."
+    )
+
+
 RESTARTED_NOTE = "*(I had to restart before finishing this answer. Please ask again.)*"
 
 

@@ -12,25 +12,37 @@
 - `close(parts)` writes the final messages, which are exactly what the non-streamed
   path sends for the same answer.
 
-Pacing is per answer and per message: there is no global timer or lock.
+Pacing is per answer and per message: there is no global timer or lock. Only progress
+is paced: the final content goes out as soon as it is known (discord.py still waits out
+any rate limit it knows of).
+
+When a write fails: `MessageGone` (deleted, token expired) ends `run()` at once, since
+nobody will see more; `DeliveryFailed` on a progress edit is retried with the latest text
+after a backoff, and on a final write up to `FINAL_ATTEMPTS` times before `run()` raises
+it. However `run()` ends, the buttons it created are stopped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import discord
 
 from bot.answers.chunking import MIN_LIMIT, close_open_fence, settled_count, split_message
 from bot.answers.formatting import MESSAGE_LIMIT
-from bot.answers.messages import Messages
+from bot.answers.messages import DeliveryFailed, Messages
 
 log = logging.getLogger(__name__)
 
 WRITING_MARKER = "\n-# \N{WRITING HAND} still writing\N{HORIZONTAL ELLIPSIS}"
+FINAL_ATTEMPTS = 3
+"""Tries of each final write that Discord refuses with a server error or rate limit
+(discord.py has already retried each one itself)."""
+MAX_BACKOFF = 8.0
 
 
 class LiveReply:
@@ -51,11 +63,17 @@ class LiveReply:
         self._text = ""
         self._final: Sequence[str] | None = None
         self._changed = asyncio.Event()
+        self._closing = asyncio.Event()
         self._sealed = 0
         self._last_edit: dict[int, float] = {}
         self._views: dict[int, discord.ui.View | None] = {}
         self.edits = 0
         self.first_shown_at: float | None = None
+
+    @property
+    def messages(self) -> Messages:
+        """The messages this answer is shown in."""
+        return self._reply
 
     def update(self, text: str) -> None:
         """The answer so far; cheap, call it for every chunk."""
@@ -63,21 +81,52 @@ class LiveReply:
         self._changed.set()
 
     async def close(self, parts: Sequence[str], renderer: asyncio.Task[None]) -> None:
-        """Stop showing progress and make the channel show exactly `parts`."""
+        """Stop showing progress and make the channel show exactly `parts`.
+
+        Raises what `run()` raised, if it ended early or fails now.
+        """
         self._final = parts
         self._changed.set()
+        self._closing.set()
         await renderer
 
     async def run(self) -> None:
-        """Render until `close` is called; the caller owns this task."""
+        """Render until `close` is called; the caller owns this task.
+
+        Raises `MessageGone`, or `DeliveryFailed` when a final write kept failing.
+        """
         loop = asyncio.get_running_loop()
-        while True:
-            await self._changed.wait()
-            self._changed.clear()
-            if self._final is not None:
-                await self._render_final(self._final, loop)
-                return
-            await self._render_progress(loop)
+        backoff = 0.0
+        try:
+            while True:
+                await self._changed.wait()
+                self._changed.clear()
+                if self._final is not None:
+                    await self._render_final(self._final, loop)
+                    return
+                try:
+                    await self._render_progress(loop)
+                    backoff = 0.0
+                except DeliveryFailed as error:
+                    # Progress is only a preview: show the latest text once Discord recovers.
+                    backoff = min(MAX_BACKOFF, max(backoff * 2, self._interval, 0.5))
+                    log.warning("could not show an answer's progress (%s); retrying", error)
+                    self._changed.set()
+                    await self._wait_or_final(backoff)
+        finally:
+            for view in self._views.values():
+                if view is not None:
+                    view.stop()
+
+    async def _wait_or_final(self, seconds: float) -> None:
+        """Wait `seconds`, or less if `close` is called meanwhile."""
+        if self._final is not None:
+            return
+        closing = asyncio.create_task(self._closing.wait())
+        try:
+            await asyncio.wait({closing}, timeout=seconds)
+        finally:
+            closing.cancel()
 
     async def _render_progress(self, loop: asyncio.AbstractEventLoop) -> None:
         # Wait out the pace of the message edited first *before* reading the text, so
@@ -99,20 +148,36 @@ class LiveReply:
 
     async def _render_final(self, parts: Sequence[str], loop: asyncio.AbstractEventLoop) -> None:
         for index in range(self._sealed, len(parts)):
-            await self._show(index, parts[index], loop, live=False)
-        for view in self._views.values():
-            if view is not None:
-                view.stop()
-        await self._reply.finish(parts)
+            show = functools.partial(self._show, index, parts[index], loop, live=False, paced=False)
+            await self._retrying(show)
+        await self._retrying(lambda: self._reply.finish(parts))
+
+    async def _retrying(self, write: Callable[[], Awaitable[None]]) -> None:
+        """Run `write`, again on `DeliveryFailed`, up to `FINAL_ATTEMPTS` times in all."""
+        for attempt in range(FINAL_ATTEMPTS):
+            try:
+                await write()
+                return
+            except DeliveryFailed as error:
+                if attempt == FINAL_ATTEMPTS - 1:
+                    raise
+                log.warning("could not write an answer's final message (%s); retrying", error)
+                await asyncio.sleep(min(MAX_BACKOFF, 2.0**attempt))
 
     async def _show(
-        self, index: int, content: str, loop: asyncio.AbstractEventLoop, *, live: bool
+        self,
+        index: int,
+        content: str,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        live: bool,
+        paced: bool = True,
     ) -> None:
         view = self._view_for(index) if live else None
         if index < self._reply.count:
             if self._reply.showing(index) == (content, view):
                 return
-            if await self._pace(index, loop) and live and self._final is not None:
+            if paced and await self._pace(index, loop) and live and self._final is not None:
                 return  # the final render supersedes this progress edit
             self.edits += 1
         await self._reply.show(index, content, view)
@@ -131,7 +196,8 @@ class LiveReply:
         wait = self._last_edit.get(index, -math.inf) + self._interval - loop.time()
         if wait <= 0:
             return False
-        await asyncio.sleep(wait)
+        # `close` cuts the wait short: the final content is never held back by pacing.
+        await self._wait_or_final(wait)
         return True
 
     def _view_for(self, index: int) -> discord.ui.View | None:

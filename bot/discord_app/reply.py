@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import discord
 
+from bot.answers.messages import DeliveryFailed, MessageGone
+
 log = logging.getLogger(__name__)
+
+# Discord's JSON error codes for a message or interaction that is out of reach for good.
+UNKNOWN_MESSAGE = 10008
+UNKNOWN_WEBHOOK = 10015
+INVALID_WEBHOOK_TOKEN = 50027
 
 
 class Reply:
@@ -35,7 +43,15 @@ class Reply:
         return self._shown[index]
 
     async def show(self, index: int, content: str, view: discord.ui.View | None = None) -> None:
-        """Make message `index` (an existing one, or the next) show `content` and `view`."""
+        """Make message `index` (an existing one, or the next) show `content` and `view`.
+
+        Raises `MessageGone` when the message was deleted or the interaction's token
+        expired, `DeliveryFailed` when Discord kept failing after discord.py's retries.
+        """
+        with translate_failures():
+            await self._show(index, content, view)
+
+    async def _show(self, index: int, content: str, view: discord.ui.View | None) -> None:
         if index < len(self._messages):
             if self._shown[index] == (content, view):
                 return
@@ -63,4 +79,27 @@ class Reply:
         while len(self._messages) > len(parts):
             message = self._messages.pop()
             self._shown.pop()
-            await message.delete()
+            with translate_failures():
+                await message.delete()
+
+
+@contextlib.contextmanager
+def translate_failures() -> Iterator[None]:
+    """Turn discord.py's errors for a write into `MessageGone` or `DeliveryFailed`.
+
+    Anything else (a request Discord calls malformed) is a bug and propagates as it is.
+    """
+    try:
+        yield
+    except discord.NotFound as error:
+        if error.code == UNKNOWN_WEBHOOK:
+            raise MessageGone(f"interaction is gone: {error}", kind="expired") from error
+        raise MessageGone(f"message was deleted: {error}") from error
+    except discord.HTTPException as error:
+        if error.code == INVALID_WEBHOOK_TOKEN or error.status == 401:
+            raise MessageGone(f"interaction token expired: {error}", kind="expired") from error
+        if error.status == 429 or error.status >= 500:
+            raise DeliveryFailed(f"Discord did not accept a write: {error}") from error
+        raise
+    except discord.RateLimited as error:
+        raise DeliveryFailed(f"Discord rate limit of {error.retry_after:.0f} s") from error

@@ -27,6 +27,7 @@ class StopButton(discord.ui.View):
         if interaction.user.id != self._asker_id:
             await interaction.response.send_message(ONLY_ASKER, ephemeral=True)
             return
+        # Stop first: if the acknowledgement fails, the press must still count.
+        self._on_stop()
         # Acknowledge without changing the message; the answer's own edit removes the button.
         await interaction.response.defer()
-        self._on_stop()

@@ -27,8 +27,10 @@ class AskTree(app_commands.CommandTree[discord.Client]):
         )
         try:
             if interaction.response.is_done():
-                # Resolves a pending "thinking…" message, or adds a note after the answer.
-                await interaction.followup.send(replies.UNEXPECTED)
+                # Resolves a pending "thinking…" message, or adds a note after the answer;
+                # ephemeral, so a private ask stays private (a public "thinking…" message
+                # is resolved in place whatever the flag).
+                await interaction.followup.send(replies.UNEXPECTED, ephemeral=True)
             else:
                 await interaction.response.send_message(replies.UNEXPECTED, ephemeral=True)
         except discord.HTTPException:
