@@ -51,3 +51,30 @@ def test_ci_runs_the_readme_test_command() -> None:
         line for line in README.splitlines() if "pytest" in line and line.startswith("python3")
     )
     assert command in CI.splitlines()
+
+
+def _provider_blocks() -> list[dict[str, str]]:
+    """The `env` blocks of the README's "Connecting a model" section, as settings."""
+    section = README.split("### Connecting a model", 1)[1].split("\n### ", 1)[0]
+    blocks = re.findall(r"```env\n(.*?)```", section, flags=re.DOTALL)
+    parsed = []
+    for block in blocks:
+        pairs = [line.split("=", 1) for line in block.splitlines() if line.strip()]
+        parsed.append({name: value for name, value in pairs})
+    return parsed
+
+
+def test_each_documented_provider_setup_is_valid_and_reaches_its_url() -> None:
+    from bot.model.llm import OPENAI_BASE_URL, make_client
+
+    blocks = _provider_blocks()
+    assert len(blocks) == 6
+    for block in blocks:
+        settings = load_settings({"DISCORD_TOKEN": "token", **block})
+        assert not settings.uses_builtin_model, block
+        client = make_client(settings)
+        expected = block.get("OPENAI_BASE_URL", OPENAI_BASE_URL)
+        # The SDK keeps the URL with a trailing slash; requests go to `<base>/chat/completions`.
+        assert str(client.base_url).rstrip("/") == expected, block
+        assert expected.endswith("/v1"), f"{expected}: compatible servers serve the API under /v1"
+        assert settings.openai_model == block["OPENAI_MODEL"]
