@@ -35,8 +35,8 @@ from dotenv import load_dotenv
 
 from bot import logs
 from bot.config import ConfigError, Settings, load_settings
-from bot.discord_app.ask import PROMPT_OVERHEAD_TOKENS, FairUse
 from bot.discord_app.client import AskBot
+from bot.discord_app.pipeline import PROMPT_OVERHEAD_TOKENS, FairUse
 from bot.fair_use.access import AccessRules
 from bot.fair_use.budgets import (
     Budget,

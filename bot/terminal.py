@@ -144,7 +144,7 @@ class TerminalMessages:
         ):
             self._close(self._shown[self._closed])
 
-    async def finish(self, parts: Sequence[str]) -> None:
+    async def finish(self, parts: Sequence[str], view: discord.ui.View | None = None) -> None:
         for index, part in enumerate(parts):
             await self.show(index, part)
         if self._abandoned:

@@ -54,11 +54,12 @@ class Recorder:
         self.writes.append(Shown(index, content, view))
         self.wrote.set()
 
-    async def finish(self, parts: Sequence[str]) -> None:
+    async def finish(self, parts: Sequence[str], view: discord.ui.View | None = None) -> None:
         self.finished = list(parts)
         for index, part in enumerate(parts):
-            if index == len(self.shown) or self.shown[index] != (part, None):
-                await self.show(index, part)
+            shown = (part, view if index == len(parts) - 1 else None)
+            if index == len(self.shown) or self.shown[index] != shown:
+                await self.show(index, *shown)
         assert len(self.shown) == len(parts)
 
 

@@ -1,4 +1,4 @@
-"""Answering one prompt into a set of messages: the flow shared by Discord and the terminal.
+"""Answering one question into a set of messages: the flow shared by Discord and the terminal.
 
 `Answerer.answer` asks the model and makes `messages` show the answer, streamed or not,
 however it ends: complete, cut off, interrupted by a provider error, or stopped by the
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import discord
@@ -23,6 +23,8 @@ from bot.model import llm
 log = logging.getLogger(__name__)
 
 ViewFactory = Callable[[asyncio.Event], discord.ui.View | None]
+Request = str | Sequence[llm.ChatMessage]
+"""What the model is asked: a lone prompt (after the system prompt) or a whole conversation."""
 
 
 @dataclass
@@ -33,6 +35,28 @@ class Progress:
     finish_reason: str | None = None
     usage: llm.Usage | None = None
     error: llm.CompletionError | None = None
+
+
+@dataclass(frozen=True)
+class Question:
+    """One question and how its answer is to be closed.
+
+    `shorter` is the same question with less history, tried once if the provider says
+    `request` is too long. `footer` is a small note after a complete answer (e.g. that
+    older turns were left out). `final_view(progress)` gives the buttons of the last
+    message of an answer that has text (a "Follow up" button); it is awaited once,
+    just before the final edit.
+    """
+
+    request: Request
+    shorter: Request | None = None
+    footer: str | None = None
+    final_view: Callable[[Progress], Awaitable[discord.ui.View | None]] | None = None
+
+    async def view_for(self, progress: Progress) -> discord.ui.View | None:
+        if self.final_view is None or not progress.text.strip():
+            return None
+        return await self.final_view(progress)
 
 
 @dataclass(frozen=True)
@@ -48,7 +72,7 @@ class Outcome:
 
 
 class Answerer:
-    """Turns prompts into answers shown through a `Messages` implementation."""
+    """Turns questions into answers shown through a `Messages` implementation."""
 
     def __init__(
         self, completer: llm.Completer, *, stream: bool = True, edit_interval: float = 1.0
@@ -57,9 +81,13 @@ class Answerer:
         self._stream = stream
         self._edit_interval = edit_interval
 
+    @property
+    def completer(self) -> llm.Completer:
+        return self._completer
+
     async def answer(
         self,
-        prompt: str,
+        question: Question | str,
         messages: Messages,
         *,
         stop_button: ViewFactory = lambda _pressed: None,
@@ -82,29 +110,40 @@ class Answerer:
         `undelivered`. If cancelled, the messages are closed with a note (or with the
         answer itself, when the model had finished) before the cancellation propagates.
         """
+        if isinstance(question, str):
+            question = Question(question)
         progress = progress if progress is not None else Progress()
         try:
             if self._stream:
                 return await self._stream_answer(
-                    prompt, messages, stop_button, on_model_done, deadline, progress
+                    question, messages, stop_button, on_model_done, deadline, progress
                 )
-            return await self._answer(prompt, messages, on_model_done, deadline, progress)
+            return await self._answer(question, messages, on_model_done, deadline, progress)
         except (MessageGone, DeliveryFailed) as error:
             on_model_done()
             kind = error.kind if isinstance(error, MessageGone) else "undelivered"
             log.info("answer not shown in full: %s", error)
             return Outcome(kind, progress.text, progress.usage, None)
 
+    async def _complete(self, question: Question, deadline: float | None) -> llm.Answer:
+        try:
+            return await self._completer.complete(question.request, deadline=deadline)
+        except llm.PromptTooLong:
+            if question.shorter is None:
+                raise
+            log.info("prompt too long for the model: trying once with half the history")
+            return await self._completer.complete(question.shorter, deadline=deadline)
+
     async def _answer(
         self,
-        prompt: str,
+        question: Question,
         reply: Messages,
         on_model_done: Callable[[], None],
         deadline: float | None,
         progress: Progress,
     ) -> Outcome:
         try:
-            answer = await self._completer.complete(prompt, deadline=deadline)
+            answer = await self._complete(question, deadline)
         except llm.CompletionError as error:
             on_model_done()
             progress.error = error
@@ -116,15 +155,16 @@ class Answerer:
         on_model_done()
         progress.text, progress.usage = answer.text, answer.usage
         progress.finish_reason = answer.finish_reason
-        note = replies.TRUNCATED_NOTE if answer.truncated else None
+        note = replies.TRUNCATED_NOTE if answer.truncated else question.footer
+        view = await question.view_for(progress)
         # Cut off by a shutdown while sending, the answer itself is still the best close.
-        await _finish(reply, final_parts(answer.text, note))
+        await _finish(reply, final_parts(answer.text, note), view)
         kind = "truncated" if answer.truncated else "answered"
         return Outcome(kind, answer.text, answer.usage, asyncio.get_running_loop().time())
 
     async def _stream_answer(
         self,
-        prompt: str,
+        question: Question,
         reply: Messages,
         stop_button: ViewFactory,
         on_model_done: Callable[[], None],
@@ -136,7 +176,7 @@ class Answerer:
             reply, interval=self._edit_interval, view_factory=lambda: stop_button(stop_pressed)
         )
         renderer = asyncio.create_task(live.run())
-        consumer = asyncio.create_task(self._consume(prompt, live, progress, deadline))
+        consumer = asyncio.create_task(self._consume(question, live, progress, deadline))
         stop_waiter = asyncio.create_task(stop_pressed.wait())
         try:
             try:
@@ -162,7 +202,8 @@ class Answerer:
                 # Unexpected: keep what was written, leave the apology to the tree.
                 await _close(live, final_parts(progress.text), renderer)
                 consumer.result()
-            await _close(live, streamed_parts(progress, stopped=stopped), renderer)
+            parts = streamed_parts(progress, stopped=stopped, footer=question.footer)
+            await _close(live, parts, renderer, await question.view_for(progress))
             return Outcome(
                 streamed_kind(progress, stopped=stopped),
                 progress.text,
@@ -174,17 +215,26 @@ class Answerer:
                 task.cancel()
 
     async def _consume(
-        self, prompt: str, live: LiveReply, progress: Progress, deadline: float | None
+        self, question: Question, live: LiveReply, progress: Progress, deadline: float | None
     ) -> None:
-        try:
-            async for chunk in self._completer.stream(prompt, deadline=deadline):
-                if chunk.text:
-                    progress.text += chunk.text
-                    live.update(progress.text)
-                progress.finish_reason = chunk.finish_reason or progress.finish_reason
-                progress.usage = chunk.usage or progress.usage
-        except llm.CompletionError as error:
-            progress.error = error
+        request: Request | None = question.request
+        while request is not None:
+            current, request = request, None
+            try:
+                async for chunk in self._completer.stream(current, deadline=deadline):
+                    if chunk.text:
+                        progress.text += chunk.text
+                        live.update(progress.text)
+                    progress.finish_reason = chunk.finish_reason or progress.finish_reason
+                    progress.usage = chunk.usage or progress.usage
+            except llm.PromptTooLong as error:
+                if progress.text or current is question.shorter or question.shorter is None:
+                    progress.error = error
+                    return
+                log.info("prompt too long for the model: trying once with half the history")
+                request = question.shorter
+            except llm.CompletionError as error:
+                progress.error = error
 
 
 async def _cancelled(task: asyncio.Task[None]) -> None:
@@ -193,19 +243,24 @@ async def _cancelled(task: asyncio.Task[None]) -> None:
     await asyncio.wait({task})
 
 
-async def _close(live: LiveReply, parts: list[str], renderer: asyncio.Task[None]) -> None:
+async def _close(
+    live: LiveReply,
+    parts: list[str],
+    renderer: asyncio.Task[None],
+    view: discord.ui.View | None = None,
+) -> None:
     """Close `live` with `parts`; if cancelled meanwhile, still write them, then re-raise."""
     try:
-        await live.close(parts, renderer)
+        await live.close(parts, renderer, view)
     except asyncio.CancelledError:
         # The renderer was cancelled with us; the final parts are still the right close.
-        await _finish(live.messages, parts)
+        await _finish(live.messages, parts, view)
         raise
 
 
-async def _finish(reply: Messages, parts: list[str]) -> None:
-    """`reply.finish(parts)`, completed even when the caller is cancelled meanwhile."""
-    writing = asyncio.ensure_future(reply.finish(parts))
+async def _finish(reply: Messages, parts: list[str], view: discord.ui.View | None = None) -> None:
+    """`reply.finish(parts, view)`, completed even when the caller is cancelled meanwhile."""
+    writing = asyncio.ensure_future(reply.finish(parts, view))
     try:
         await asyncio.shield(writing)
     except asyncio.CancelledError:
@@ -217,8 +272,8 @@ async def _finish(reply: Messages, parts: list[str]) -> None:
         raise
 
 
-def streamed_parts(progress: Progress, *, stopped: bool) -> list[str]:
-    """The final messages of a streamed answer, however it ended."""
+def streamed_parts(progress: Progress, *, stopped: bool, footer: str | None = None) -> list[str]:
+    """The final messages of a streamed answer, however it ended; `footer` after a whole one."""
     if stopped:
         return final_parts(progress.text, replies.STOPPED_NOTE)
     if progress.error is not None:
@@ -227,7 +282,7 @@ def streamed_parts(progress: Progress, *, stopped: bool) -> list[str]:
         return final_parts(progress.text, replies.interrupted_note(progress.error))
     if progress.finish_reason == "length":
         return final_parts(progress.text, replies.TRUNCATED_NOTE)
-    return final_parts(progress.text)
+    return final_parts(progress.text, footer)
 
 
 def streamed_kind(progress: Progress, *, stopped: bool) -> str:

@@ -47,6 +47,7 @@ class Messages(Protocol):
         """
         ...
 
-    async def finish(self, parts: Sequence[str]) -> None:
-        """Show exactly `parts`, without buttons; raises like `show`."""
+    async def finish(self, parts: Sequence[str], view: discord.ui.View | None = None) -> None:
+        """Show exactly `parts`, the last one with `view` and the others without buttons;
+        raises like `show`."""
         ...

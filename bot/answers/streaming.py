@@ -62,6 +62,7 @@ class LiveReply:
         self._limit = limit
         self._text = ""
         self._final: Sequence[str] | None = None
+        self._final_view: discord.ui.View | None = None
         self._changed = asyncio.Event()
         self._closing = asyncio.Event()
         self._sealed = 0
@@ -80,11 +81,18 @@ class LiveReply:
         self._text = text
         self._changed.set()
 
-    async def close(self, parts: Sequence[str], renderer: asyncio.Task[None]) -> None:
-        """Stop showing progress and make the channel show exactly `parts`.
+    async def close(
+        self,
+        parts: Sequence[str],
+        renderer: asyncio.Task[None],
+        view: discord.ui.View | None = None,
+    ) -> None:
+        """Stop showing progress and make the channel show exactly `parts`, the last one
+        with `view`.
 
         Raises what `run()` raised, if it ended early or fails now.
         """
+        self._final_view = view
         self._final = parts
         self._changed.set()
         self._closing.set()
@@ -147,10 +155,12 @@ class LiveReply:
             await self._show(self._sealed, self._live_text(parts[self._sealed]), loop, live=True)
 
     async def _render_final(self, parts: Sequence[str], loop: asyncio.AbstractEventLoop) -> None:
-        for index in range(self._sealed, len(parts)):
+        last = len(parts) - 1
+        for index in range(self._sealed, last):
             show = functools.partial(self._show, index, parts[index], loop, live=False, paced=False)
             await self._retrying(show)
-        await self._retrying(lambda: self._reply.finish(parts))
+        view = self._final_view
+        await self._retrying(functools.partial(self._reply.finish, parts, view))
 
     async def _retrying(self, write: Callable[[], Awaitable[None]]) -> None:
         """Run `write`, again on `DeliveryFailed`, up to `FINAL_ATTEMPTS` times in all."""

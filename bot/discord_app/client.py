@@ -10,7 +10,8 @@ from discord.ext import commands
 
 from bot.answers.answering import Answerer
 from bot.config import Settings
-from bot.discord_app.ask import Ask, FairUse
+from bot.discord_app.ask import Ask
+from bot.discord_app.pipeline import AskPipeline, FairUse
 from bot.discord_app.tree import AskTree
 from bot.model.llm import Completer
 
@@ -55,7 +56,7 @@ class AskBot(commands.Bot):
             stream=self._settings.stream_responses,
             edit_interval=self._settings.stream_edit_interval,
         )
-        await self.add_cog(Ask(answerer, self._fair_use))
+        await self.add_cog(Ask(AskPipeline(answerer, self._fair_use)))
         guild_id = self._settings.discord_guild_id
         if self._sync_on_start and guild_id is not None:
             guild = discord.Object(id=guild_id)

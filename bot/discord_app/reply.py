@@ -38,6 +38,11 @@ class Reply:
         """How many messages have been sent so far."""
         return len(self._messages)
 
+    @property
+    def message_ids(self) -> list[int]:
+        """The ids of the messages sent so far, in order."""
+        return [message.id for message in self._messages]
+
     def showing(self, index: int) -> tuple[str, discord.ui.View | None]:
         """The content and buttons message `index` currently shows."""
         return self._shown[index]
@@ -72,10 +77,10 @@ class Reply:
         else:
             self._shown.append((content, view))
 
-    async def finish(self, parts: Sequence[str]) -> None:
-        """Show exactly `parts`, without buttons; surplus earlier messages are deleted."""
+    async def finish(self, parts: Sequence[str], view: discord.ui.View | None = None) -> None:
+        """Show exactly `parts`, the last with `view`; surplus earlier messages are deleted."""
         for index, part in enumerate(parts):
-            await self.show(index, part)
+            await self.show(index, part, view if index == len(parts) - 1 else None)
         while len(self._messages) > len(parts):
             message = self._messages.pop()
             self._shown.pop()
