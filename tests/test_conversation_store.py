@@ -8,6 +8,7 @@ can be added to its parameters and must pass the same tests.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
@@ -16,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from bot.config import load_settings
+from bot.conversation.retention import keep_pruned, retention
 from bot.conversation.turns import ConversationStore, NewTurn, Turn, may_continue
 from bot.fair_use.budgets import Totals
 from bot.store.sqlite import (
@@ -361,3 +364,74 @@ async def test_a_usage_file_from_before_conversations_gains_them(tmp_path: Path)
         assert totals == Totals(user=7, guild=7)
     finally:
         await database.close()
+
+
+# --- retention -----------------------------------------------------------------------------
+
+
+class StopPruning(Exception):
+    pass
+
+
+async def test_old_conversations_are_pruned_again_and_again(
+    store: ConversationStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = load_settings({"CONVERSATION_RETENTION_DAYS": "30"}, require_discord=False)
+    keep_for = retention(settings)
+    assert keep_for == timedelta(days=30)
+    now = START
+    await store.save(turn("old", created_at=now - timedelta(days=31)))
+    await store.save(turn("older", user_id=BOB, created_at=now - timedelta(days=45)))
+    kept = await store.save(turn("kept", created_at=now - timedelta(days=29)))
+    pauses: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        nonlocal now
+        pauses.append(seconds)
+        if len(pauses) == 3:
+            raise StopPruning
+        # Two days later, the turn that was kept is old too.
+        now += timedelta(days=2)
+
+    with caplog.at_level(logging.INFO, "bot.conversation.retention"), pytest.raises(StopPruning):
+        await keep_pruned(store, keep_for, timedelta(minutes=30), clock=lambda: now, sleep=sleep)
+
+    assert pauses == [1800.0] * 3
+    assert [record.getMessage() for record in caplog.records] == [
+        "deleted 2 conversation turn(s) older than 30 days",
+        "deleted 1 conversation turn(s) older than 30 days",
+    ]
+    assert await store.turn(kept.id) is None
+
+
+async def test_a_failed_prune_is_one_warning_and_is_retried(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = await SqliteConversationStore.open(tmp_path, busy_timeout=0.01)
+    try:
+        await store.save(turn("old", created_at=START - timedelta(days=40)))
+        # Another process holds the file for longer than the store waits.
+        locker = sqlite3.connect(store.path, isolation_level=None)
+        locker.execute("BEGIN IMMEDIATE")
+        pauses: list[float] = []
+
+        async def sleep(seconds: float) -> None:
+            pauses.append(seconds)
+            if len(pauses) == 1:
+                locker.execute("COMMIT")
+                locker.close()
+            else:
+                raise StopPruning
+
+        with (
+            caplog.at_level(logging.INFO, "bot.conversation.retention"),
+            pytest.raises(StopPruning),
+        ):
+            await keep_pruned(store, timedelta(days=30), clock=lambda: START, sleep=sleep)
+        messages = [record.getMessage() for record in caplog.records]
+        assert len(messages) == 2
+        assert messages[0].startswith("could not prune old conversations (will retry): ")
+        assert "locked" in messages[0]
+        assert messages[1] == "deleted 1 conversation turn(s) older than 30 days"
+    finally:
+        await store.close()

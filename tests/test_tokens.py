@@ -14,6 +14,7 @@ from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bot.config import load_settings
 from bot.conversation.models import model_facts
 from bot.conversation.tokens import (
     ESTIMATE_FRAMING,
@@ -25,6 +26,7 @@ from bot.conversation.tokens import (
     counter_for_model,
     estimate_tokens,
     message_tokens,
+    open_counter,
 )
 from bot.model.local_model import LocalModelServer
 
@@ -148,6 +150,22 @@ def test_the_counter_is_chosen_by_model_name(model: str, encoding: str | None) -
 )
 def test_each_model_gets_a_safe_context_window(model: str, context_tokens: int) -> None:
     assert model_facts(model).context_tokens == context_tokens
+
+
+async def test_the_configured_model_gets_its_counter() -> None:
+    provider = load_settings(
+        {"OPENAI_API_KEY": "k", "OPENAI_MODEL": "gpt-4.1"}, require_discord=False
+    )
+    async with open_counter(provider) as counter:
+        assert isinstance(counter, TiktokenCounter)
+        assert counter.encoding == "o200k_base"
+    builtin = load_settings({}, require_discord=False)
+    with pytest.raises(ValueError, match="base URL"):
+        async with open_counter(builtin):
+            pytest.fail("a built-in counter without a server")
+    async with open_counter(builtin, local_base_url="http://127.0.0.1:1/v1") as counter:
+        assert isinstance(counter, LlamaCppCounter)
+        assert counter.root == "http://127.0.0.1:1"
 
 
 def test_an_unknown_encoding_fails_at_once() -> None:

@@ -305,22 +305,25 @@ def build_context(
     """
     if request.total > budget:
         return PromptOverBudget(tokens=request.total, budget=budget)
-    rendered = [
-        (render_user(turn.display_name, turn.prompt), render_answer(turn.answer), turn)
-        for turn in chain
-    ]
     room = budget - request.total
-    limit = len(rendered) if max_turns is None else max(0, max_turns)
+    limit = len(chain) if max_turns is None else max(0, max_turns)
     pairs: list[tuple[ChatMessage, ChatMessage, int]] = []
-    for user, answer, turn in reversed(rendered):
+    # Newest first, rendering only the turns that are looked at.
+    for turn in reversed(chain):
         if len(pairs) >= limit:
             break
+        user = render_user(turn.display_name, turn.prompt)
+        answer = render_answer(turn.answer)
         tokens = _turn_tokens(turn, model, user, answer)
         if tokens > room:
             break
         room -= tokens
         pairs.append(
-            ({"role": "user", "content": user}, {"role": "assistant", "content": answer}, tokens)
+            (
+                {"role": "user", "content": user},
+                {"role": "assistant", "content": answer},
+                tokens,
+            )
         )
     pairs.reverse()
     system: ChatMessage = {"role": "system", "content": render_system(system_prompt)}

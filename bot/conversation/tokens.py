@@ -8,6 +8,7 @@
                         built-in model's
     EstimateCounter     any other model: an upper bound, one token per UTF-8 byte
     counter_for_model   the counter for an OPENAI_MODEL name (tiktoken or the estimate)
+    open_counter        the counter for the configured model, owned by the entry point
     message_tokens      a message's content and framing together
 
 A counter never under-counts on purpose: the estimate is a bound that no byte-level BPE
@@ -18,7 +19,8 @@ estimate (with one warning line) rather than failing the ask.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol, Self, cast
 from urllib.parse import urlsplit, urlunsplit
@@ -26,6 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 import toktok
 
+from bot.config import Settings
 from bot.conversation.models import model_facts
 
 __all__ = [
@@ -39,6 +42,7 @@ __all__ = [
     "counter_for_model",
     "estimate_tokens",
     "message_tokens",
+    "open_counter",
 ]
 
 log = logging.getLogger(__name__)
@@ -277,3 +281,21 @@ class LlamaCppCounter:
 
     def __repr__(self) -> str:
         return f"LlamaCppCounter({self.root!r})"
+
+
+@asynccontextmanager
+async def open_counter(
+    settings: Settings, *, local_base_url: str | None = None
+) -> AsyncIterator[TokenCounter]:
+    """The counter for the configured model, closed on exit.
+
+    With the built-in model, `local_base_url` (its server's `base_url`) is required and the
+    counts are its own; otherwise `counter_for_model(settings.openai_model)`.
+    """
+    if not settings.uses_builtin_model:
+        yield counter_for_model(settings.openai_model)
+        return
+    if local_base_url is None:
+        raise ValueError("the built-in model's counter needs its server's base URL")
+    async with LlamaCppCounter(local_base_url) as counter:
+        yield counter
