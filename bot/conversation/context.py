@@ -60,6 +60,7 @@ __all__ = [
     "count_request",
     "count_turn",
     "label",
+    "neutralise",
     "render_answer",
     "render_system",
     "render_user",

@@ -50,5 +50,7 @@ async def keep_pruned(
             log.warning("could not prune old conversations (will retry): %s", error)
         else:
             if deleted:
-                log.info("deleted %d conversation turn(s) older than %d days", deleted, keep_for.days)
+                log.info(
+                    "deleted %d conversation turn(s) older than %d days", deleted, keep_for.days
+                )
         await sleep(every.total_seconds())
