@@ -64,6 +64,8 @@ class Settings:
     openai_max_retries: int = 2
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     max_output_tokens: int | None = None
+    context_tokens: int | None = None
+    conversation_retention_days: int = 30
     discord_guild_id: int | None = None
     log_level: str = "INFO"
     library_log_level: str | None = None
@@ -136,6 +138,12 @@ def load_settings(env: Mapping[str, str], *, require_discord: bool = True) -> Se
         max_output_tokens=reader.parse(
             "MAX_OUTPUT_TOKENS", _positive_int, None, "a whole number of tokens > 0"
         ),
+        context_tokens=reader.parse(
+            "CONTEXT_TOKENS", _positive_int, None, "a whole number of tokens > 0"
+        ),
+        conversation_retention_days=reader.parse(
+            "CONVERSATION_RETENTION_DAYS", _positive_int, 30, "a whole number of days > 0"
+        ),
         discord_guild_id=reader.parse("DISCORD_GUILD_ID", _snowflake, None, "a numeric server id"),
         log_level=reader.parse("LOG_LEVEL", _log_level, "INFO", "DEBUG, INFO, WARNING or ERROR"),
         library_log_level=reader.parse(
@@ -177,6 +185,16 @@ def load_settings(env: Mapping[str, str], *, require_discord: bool = True) -> Se
             "STREAM_EDIT_INTERVAL", _positive_float, 1.0, "a number of seconds > 0"
         ),
     )
+    if (
+        settings.context_tokens is not None
+        and settings.max_output_tokens is not None
+        and settings.max_output_tokens >= settings.context_tokens
+    ):
+        reader.problems.append(
+            f"MAX_OUTPUT_TOKENS ({settings.max_output_tokens}) must be less than "
+            f"CONTEXT_TOKENS ({settings.context_tokens}): the answer shares the context "
+            "with the prompt."
+        )
     if reader.problems:
         raise ConfigError(reader.problems)
     return settings
