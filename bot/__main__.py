@@ -25,6 +25,7 @@ import sys
 import textwrap
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import NoReturn, TextIO
 
 import aiohttp
@@ -35,6 +36,10 @@ from dotenv import load_dotenv
 
 from bot import logs
 from bot.config import ConfigError, Settings, load_settings
+from bot.conversation.retention import keep_pruned as keep_conversations_pruned
+from bot.conversation.retention import retention
+from bot.conversation.tokens import EstimateCounter, open_counter
+from bot.conversation.turns import ConversationStore, NewTurn, Turn, TurnId
 from bot.discord_app.client import AskBot
 from bot.discord_app.pipeline import PROMPT_OVERHEAD_TOKENS, FairUse
 from bot.fair_use.access import AccessRules
@@ -52,7 +57,7 @@ from bot.fair_use.limits import AskGate, Cooldown, InFlight, PerUserCap
 from bot.metrics import Metrics
 from bot.model.llm import Completer, make_client, open_completer
 from bot.model.local_model import LocalModelError
-from bot.store.sqlite import SqliteUsageStore
+from bot.store.sqlite import SqliteConversationStore, SqliteDatabase, SqliteUsageStore
 from bot.terminal import Terminal
 
 log = logging.getLogger("bot")
@@ -136,11 +141,14 @@ async def run_bot(settings: Settings, stop: asyncio.Event | None = None) -> int:
     _stop_on_signals(stop)
     assert settings.discord_token is not None, "load_settings requires the token"
     async with (
-        open_fair_use(settings) as fair_use,
+        open_database(settings) as database,
+        open_fair_use(settings, database) as fair_use,
         open_completer(
             settings, local_slots=LOCAL_SLOTS, observer=fair_use.concurrency
         ) as completer,
-        AskBot(settings, completer, fair_use) as bot,
+        open_counter(settings, local_base_url=completer.base_url) as counter,
+        open_conversations(settings, database) as conversations,
+        AskBot(settings, completer, fair_use, conversations, counter) as bot,
     ):
         _fail_fast_on_first_gateway_connect(bot)
         runner = asyncio.create_task(bot.start(settings.discord_token.reveal()))
@@ -191,14 +199,47 @@ async def _drain(fair_use: FairUse, grace: float) -> None:
 
 
 @asynccontextmanager
-async def open_fair_use(settings: Settings) -> AsyncIterator[FairUse]:
-    """The limits, usage store and metrics of this process, closed on exit."""
+async def open_database(settings: Settings) -> AsyncIterator[SqliteDatabase]:
+    """The SQLite file in DATA_PATH that usage counts and conversations share."""
     try:
-        store = await SqliteUsageStore.open(settings.data_path)
+        database = await SqliteDatabase.open(settings.data_path)
     except (OSError, sqlite3.Error) as error:
         raise StartupError(
             f"cannot open the usage database in DATA_PATH={settings.data_path}: {error}"
         ) from error
+    try:
+        yield database
+    finally:
+        await database.close()
+
+
+@asynccontextmanager
+async def open_conversations(
+    settings: Settings, database: SqliteDatabase
+) -> AsyncIterator[ConversationStore]:
+    """The store of conversation turns, pruned to CONVERSATION_RETENTION_DAYS while open."""
+    store = SqliteConversationStore(database)
+    pruning = asyncio.create_task(keep_conversations_pruned(store, retention(settings)))
+    try:
+        yield store
+    finally:
+        pruning.cancel()
+        await asyncio.wait({pruning})
+
+
+@asynccontextmanager
+async def open_fair_use(
+    settings: Settings, database: SqliteDatabase | None = None
+) -> AsyncIterator[FairUse]:
+    """The limits, usage store and metrics of this process, closed on exit.
+
+    The usage store lives in `database`, or in a file of its own opened here.
+    """
+    if database is None:
+        async with open_database(settings) as own, open_fair_use(settings, own) as fair_use:
+            yield fair_use
+        return
+    store = SqliteUsageStore(database)
     metrics = Metrics()
     if settings.uses_builtin_model:
         # llama.cpp answers this many at once; more would wait inside it unseen, and a
@@ -247,7 +288,6 @@ async def open_fair_use(settings: Settings) -> AsyncIterator[FairUse]:
         await asyncio.wait({pruning})
         if stop_metrics is not None:
             await asyncio.to_thread(stop_metrics)
-        await store.close()
 
 
 async def ask_in_terminal(settings: Settings, prompt: str | None) -> int:
@@ -272,7 +312,14 @@ async def sync_commands(settings: Settings) -> int:
     async with make_client(settings) as client:
         completer = Completer.from_settings(client, settings)
         fair_use = _fair_use_for_sync(settings)
-        async with AskBot(settings, completer, fair_use, sync_on_start=False) as bot:
+        async with AskBot(
+            settings,
+            completer,
+            fair_use,
+            _NoConversationStore(),
+            EstimateCounter(),
+            sync_on_start=False,
+        ) as bot:
             try:
                 await bot.login(settings.discord_token.reveal())
                 count = await bot.sync_globally()
@@ -369,6 +416,34 @@ class _NoUsageStore:
         raise RuntimeError("this process answers no asks and records no usage")
 
     async def prune(self, before: str, now: float | None = None) -> int:
+        return 0
+
+    async def close(self) -> None:
+        return None
+
+
+class _NoConversationStore:
+    """The conversation store of a process that answers no asks (`sync`): never used."""
+
+    async def save(self, turn: NewTurn, message_ids: Sequence[int] = ()) -> Turn:
+        raise RuntimeError("this process answers no asks and stores no conversations")
+
+    async def add_messages(self, turn_id: TurnId, message_ids: Sequence[int]) -> bool:
+        return False
+
+    async def turn(self, turn_id: TurnId) -> Turn | None:
+        return None
+
+    async def turn_for_message(self, message_id: int) -> Turn | None:
+        return None
+
+    async def chain(self, turn_id: TurnId, max_turns: int) -> list[Turn]:
+        return []
+
+    async def forget_user(self, user_id: int) -> int:
+        return 0
+
+    async def prune(self, older_than: datetime) -> int:
         return 0
 
     async def close(self) -> None:

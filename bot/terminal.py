@@ -123,6 +123,11 @@ class TerminalMessages:
     def count(self) -> int:
         return len(self._shown)
 
+    @property
+    def message_ids(self) -> list[int]:
+        """A terminal's messages have no ids."""
+        return []
+
     def showing(self, index: int) -> tuple[str, discord.ui.View | None]:
         return self._shown[index], None
 

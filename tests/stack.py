@@ -154,3 +154,21 @@ async def run_stack(
         logger.removeHandler(ask_log)
         logger.setLevel(previous_level)
     assert status == 0
+
+
+FOLLOW_UP = "Follow up"
+
+
+def button_labels(components: object) -> list[str]:
+    """The labels of the buttons in a message's component rows, in order."""
+    labels: list[str] = []
+    for row in components if isinstance(components, list) else []:
+        for component in row.get("components") or []:
+            if component.get("type") == 2:
+                labels.append(str(component.get("label")))
+    return labels
+
+
+def no_live_buttons(message: VisibleMessage) -> bool:
+    """Nothing left to press but "Follow up": no Stop button outlives its answer."""
+    return set(button_labels(message.components)) <= {FOLLOW_UP}

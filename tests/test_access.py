@@ -15,7 +15,7 @@ from typing import Any
 import discord
 import pytest
 
-from bot.discord_app.ask import _parent_channel_id
+from bot.discord_app.reply import _parent_channel_id
 from bot.fair_use import access
 from bot.fair_use.access import AccessRules, Origin
 from tests.fakes.discord import FakeDiscord, InteractionHandle, User, point_discord_py_at
@@ -279,7 +279,7 @@ async def discord_offering_ask_in_dms() -> AsyncIterator[FakeDiscord]:
 async def test_by_default_the_commands_are_not_offered_in_dms(stack: Stack) -> None:
     registered = stack.discord.commands(stack.discord.guild_id)
 
-    assert {command["name"] for command in registered} == {"ask", "usage"}
+    assert {command["name"] for command in registered} == {"ask", "usage", "forget"}
     assert all(command["contexts"] == [0] for command in registered)
     with pytest.raises(LookupError):
         stack.discord.dispatch_interaction("ask", {"prompt": "Hi"}, dm=True)

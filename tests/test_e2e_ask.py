@@ -44,7 +44,7 @@ from tests.fakes.openai_server import (
     rate_limited,
     server_error,
 )
-from tests.stack import Asked, Stack, run_stack
+from tests.stack import Asked, Stack, no_live_buttons, run_stack
 
 NOT_STREAMED = {"STREAM_RESPONSES": "false"}
 STREAMED = {"STREAM_RESPONSES": "true"}
@@ -92,7 +92,7 @@ def assert_resolved(asked: Asked) -> None:
     assert asked.messages[0].id == original.id, "the first message must replace thinking…"
     for message in asked.messages:
         assert not message.loading
-        assert not message.components
+        assert no_live_buttons(message)
         assert WRITING_MARKER not in message.content
         assert LEAKS.search(message.content) is None, message.content
 
@@ -105,17 +105,20 @@ async def test_startup_registers_the_commands_to_the_guild(stack: Stack) -> None
     [identify] = discord_fake.gateway.identifies
     assert identify["intents"] == discord.Intents.default().value, "no privileged intents"
     assert discord_fake.gateway.readies_sent == 1
-    assert discord_fake.command_syncs == [CommandSync(discord_fake.guild_id, ("ask", "usage"))]
+    assert discord_fake.command_syncs == [
+        CommandSync(discord_fake.guild_id, ("ask", "usage", "forget"))
+    ]
     assert discord_fake.commands() == [], "nothing is registered globally on start"
 
     commands = {
         command["name"]: command for command in discord_fake.commands(discord_fake.guild_id)
     }
-    assert set(commands) == {"ask", "usage"}
+    assert set(commands) == {"ask", "usage", "forget"}
     ask, usage = commands["ask"], commands["usage"]
     assert ask["description"] == "Ask the language model a question."
     assert ask["description"] == _first_docstring_line(Ask.ask.callback)
     assert usage["description"] == _first_docstring_line(Ask.usage.callback)
+    assert commands["forget"]["description"] == _first_docstring_line(Ask.forget.callback)
     options = {option["name"]: option for option in _options(ask)}
     assert options["prompt"]["type"] == STRING
     assert options["prompt"]["required"] is True
@@ -754,7 +757,7 @@ async def test_the_built_in_model_answers_when_no_provider_is_set(
         assert message.content.strip()
         assert len(message.content) <= 2000
         assert not message.loading
-        assert not message.components
+        assert no_live_buttons(message)
     assert discord_fake.spec_violations == []
 
 

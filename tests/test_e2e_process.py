@@ -22,7 +22,7 @@ import pytest
 from bot.answers import replies
 from tests.fakes.discord import FakeDiscord
 from tests.fakes.openai_server import FakeOpenAI, Reply
-from tests.stack import Stack
+from tests.stack import Stack, no_live_buttons
 
 ROOT = Path(__file__).resolve().parent.parent
 WAIT = 60.0
@@ -151,12 +151,16 @@ async def test_sync_registers_the_commands_for_every_server_then_exits(
         status = await bot.exit_status()
 
     assert status == EXIT_OK, bot.output
-    assert sorted(str(command["name"]) for command in fake_discord.commands()) == ["ask", "usage"]
+    assert sorted(str(command["name"]) for command in fake_discord.commands()) == [
+        "ask",
+        "forget",
+        "usage",
+    ]
     # Without a development server, a global sync touches no server's commands, and
     # needs no gateway connection.
     assert [sync.guild_id for sync in fake_discord.command_syncs] == [None]
     assert fake_discord.gateway.readies_sent == 0
-    assert "synced 2 command(s) globally" in bot.output
+    assert "synced 3 command(s) globally" in bot.output
     assert not fake_openai.requests
 
 
@@ -247,7 +251,7 @@ async def test_sigterm_lets_the_answer_in_flight_finish(
     assert status == EXIT_OK
     # The streamed answer was finished: all of it, without the marker or the Stop button.
     assert [message.content for message in in_flight.messages()] == ["Here is the whole answer."]
-    assert not any(m.loading or m.components for m in in_flight.messages())
+    assert not any(m.loading or not no_live_buttons(m) for m in in_flight.messages())
     assert turned_away is not None
     assert turned_away.content == replies.RESTARTING
     assert turned_away.ephemeral
@@ -390,7 +394,11 @@ async def test_sync_opens_neither_the_metrics_port_nor_the_usage_database(
             status = await bot.exit_status()
 
     assert status == EXIT_OK, bot.output
-    assert sorted(str(command["name"]) for command in fake_discord.commands()) == ["ask", "usage"]
+    assert sorted(str(command["name"]) for command in fake_discord.commands()) == [
+        "ask",
+        "forget",
+        "usage",
+    ]
     assert "metrics on" not in bot.output
     assert files_in(tmp_path) == {"not-a-directory": ""}, "no database was created"
 
@@ -409,7 +417,11 @@ async def test_sync_with_a_development_server_removes_its_copies_and_says_so(
         status = await sync.exit_status()
 
     assert status == EXIT_OK, sync.output
-    assert sorted(str(command["name"]) for command in fake_discord.commands()) == ["ask", "usage"]
+    assert sorted(str(command["name"]) for command in fake_discord.commands()) == [
+        "ask",
+        "forget",
+        "usage",
+    ]
     # Discord shows a server its own commands and the global ones: each would show twice.
     assert fake_discord.commands(fake_discord.guild_id) == []
     warning = await sync.logged("DISCORD_GUILD_ID")

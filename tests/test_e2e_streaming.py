@@ -21,7 +21,7 @@ from bot.discord_app.stop_button import ONLY_ASKER
 from bot.model import llm
 from tests.fakes.discord import Call, FakeDiscord, InteractionHandle, VisibleMessage
 from tests.fakes.openai_server import FakeOpenAI, StreamGate, StreamReply
-from tests.stack import Stack, run_stack
+from tests.stack import FOLLOW_UP, Stack, button_labels, no_live_buttons, run_stack
 
 FOLLOWUP = "/webhooks/{webhook_id}/{webhook_token}"
 WEBHOOK_MESSAGE_ROUTES = (
@@ -44,7 +44,7 @@ async def channel_left_clean(fake_discord: FakeDiscord) -> AsyncIterator[None]:
     for message in fake_discord.transcript():
         assert not message.loading
         assert WRITING_MARKER not in message.content
-        assert not message.components
+        assert no_live_buttons(message)
 
 
 # --- What the channel shows ------------------------------------------------------------------
@@ -206,7 +206,8 @@ async def test_timed_stream_shows_only_growing_prefixes_of_the_answer(
     [calls] = writes_by_message(fake_discord, handle).values()
     *progress, final = calls
     assert content_of(final) == answer
-    assert final.body["components"] == []  # the Stop button goes with the marker
+    # The Stop button goes with the marker; the last message offers a follow-up.
+    assert button_labels(final.body["components"]) == [FOLLOW_UP]
     for call in progress:
         assert answer.startswith(without_marker(content_of(call)))
         assert call.body["components"], "a message still growing carries the Stop button"
@@ -356,7 +357,7 @@ async def test_asker_stops_the_generation_and_keeps_the_partial_answer(stack: St
 
     assert asked.outcome == "stopped"
     assert asked.contents == [f"Once upon a time\n\n{replies.STOPPED_NOTE}"]
-    assert not asked.messages[0].components
+    assert no_live_buttons(asked.messages[0])
 
 
 async def test_someone_else_cannot_stop_the_generation(stack: Stack) -> None:
@@ -438,7 +439,7 @@ async def test_answer_outgrowing_a_message_seals_it_and_continues_below(stack: S
     messages = await shown(stack, handle, lambda found: len(found) == 2 and is_live(found[1]))
     # Mid-stream, the sealed message already reads exactly as it will in the end.
     assert messages[0].content == final[0]
-    assert not messages[0].components
+    assert no_live_buttons(messages[0])
     assert final[1].startswith(without_marker(messages[1].content))
 
     await stream_in(gate, answer[3000:], 150)

@@ -41,6 +41,10 @@ class Recorder:
     def count(self) -> int:
         return len(self.shown)
 
+    @property
+    def message_ids(self) -> list[int]:
+        return list(range(len(self.shown)))
+
     def showing(self, index: int) -> tuple[str, discord.ui.View | None]:
         return self.shown[index]
 

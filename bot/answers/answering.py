@@ -51,6 +51,8 @@ class Question:
     request: Request
     shorter: Request | None = None
     footer: str | None = None
+    unanswerable: llm.CompletionError | None = None
+    """Known before asking: the model would refuse it (e.g. it is too long even alone)."""
     final_view: Callable[[Progress], Awaitable[discord.ui.View | None]] | None = None
 
     async def view_for(self, progress: Progress) -> discord.ui.View | None:
@@ -113,6 +115,11 @@ class Answerer:
         if isinstance(question, str):
             question = Question(question)
         progress = progress if progress is not None else Progress()
+        if question.unanswerable is not None:
+            on_model_done()
+            progress.error = question.unanswerable
+            await _finish(messages, [replies.error_message(question.unanswerable)])
+            return Outcome(question.unanswerable.kind, "", None, None)
         try:
             if self._stream:
                 return await self._stream_answer(

@@ -37,6 +37,11 @@ class Messages(Protocol):
     @property
     def count(self) -> int: ...
 
+    @property
+    def message_ids(self) -> Sequence[int]:
+        """The ids of the messages shown so far, in order (empty where there are none)."""
+        ...
+
     def showing(self, index: int) -> tuple[str, discord.ui.View | None]: ...
 
     async def show(self, index: int, content: str, view: discord.ui.View | None = None) -> None:

@@ -117,3 +117,18 @@ def usage_report(report: usage.UsageReport) -> str:
 
 def _of(limit: int | None) -> str:
     return f" of {limit:,}" if limit is not None else " (no limit)"
+
+
+FOLLOW_UP_GONE = (
+    "This conversation has expired or was deleted, so I can't continue it. "
+    "Start a new one with /ask."
+)
+FOLLOW_UP_NOT_YOURS = "Only the person who asked can follow up on a private answer."
+OLDER_TURNS_LEFT_OUT = "-# Older messages of this conversation were left out to fit the model."
+
+
+def forgotten(turns: int) -> str:
+    if turns == 0:
+        return "I had nothing stored from you."
+    what = "question and its answer" if turns == 1 else "questions and their answers"
+    return f"Done: I deleted {turns:,} {what} of yours. Conversations with them can't be continued."

@@ -1,9 +1,8 @@
-"""The `/ask` and `/usage` commands: thin handlers over `AskPipeline`.
+"""The slash commands `/ask`, `/usage` and `/forget`: thin handlers.
 
-`/ask` describes itself as an `InteractionSurface`: a refusal is the interaction's
-ephemeral response, so the channel never sees who was turned away; an accepted ask is
-deferred ("thinking…") and answered in the interaction's followups, which live as long
-as its token (15 minutes). Anything unexpected propagates to `AskTree.on_error`.
+`/ask` starts a conversation through `Conversations` (and so `AskPipeline`): refusals are
+ephemeral responses, an accepted ask is deferred and answered in the interaction's
+followups. Anything unexpected propagates to `AskTree.on_error`.
 """
 
 from __future__ import annotations
@@ -15,10 +14,9 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.answers import replies
-from bot.answers.answering import Question
-from bot.discord_app import pipeline
-from bot.discord_app.pipeline import AskPipeline
-from bot.discord_app.reply import Reply
+from bot.discord_app.conversations import Conversations
+from bot.discord_app.pipeline import FairUse
+from bot.discord_app.reply import origin_of
 from bot.fair_use import access
 
 log = logging.getLogger(__name__)
@@ -27,48 +25,12 @@ log = logging.getLogger(__name__)
 MAX_PROMPT_LENGTH = 6000
 
 
-class InteractionSurface:
-    """An ask made through an interaction: a slash command or a modal submit."""
-
-    kind = "interaction"
-
-    def __init__(self, interaction: discord.Interaction, *, private: bool) -> None:
-        self._interaction = interaction
-        self._private = private
-        self.messages = Reply(interaction.followup, ephemeral=private)
-
-    @property
-    def id(self) -> int:
-        return self._interaction.id
-
-    @property
-    def user_id(self) -> int:
-        return self._interaction.user.id
-
-    @property
-    def guild_id(self) -> int | None:
-        return self._interaction.guild_id
-
-    @property
-    def origin(self) -> access.Origin:
-        return origin_of(self._interaction)
-
-    @property
-    def lifetime(self) -> float:
-        return pipeline.LIFETIME.token
-
-    async def refuse(self, sentence: str) -> None:
-        await self._interaction.response.send_message(sentence, ephemeral=True)
-
-    async def acknowledge(self) -> None:
-        await self._interaction.response.defer(thinking=True, ephemeral=self._private)
-
-
 class Ask(commands.Cog):
     """Answers `/ask` with the configured language model."""
 
-    def __init__(self, asks: AskPipeline) -> None:
-        self._asks = asks
+    def __init__(self, conversations: Conversations, fair_use: FairUse) -> None:
+        self._conversations = conversations
+        self._fair = fair_use
 
     @app_commands.command(name="ask")
     @app_commands.describe(
@@ -82,38 +44,27 @@ class Ask(commands.Cog):
         private: bool = False,
     ) -> None:
         """Ask the language model a question."""
-        surface = InteractionSurface(interaction, private=private)
-
-        async def prepare() -> Question:
-            return Question(prompt)
-
-        await self._asks.run(surface, prompt, prepare)
+        await self._conversations.ask(interaction, prompt, private=private)
 
     @app_commands.command(name="usage")
     async def usage(self, interaction: discord.Interaction) -> None:
         """Show how many model tokens you and this server have used today."""
-        fair_use = self._asks.fair_use
-        refusal = access.refusal(fair_use.rules, origin_of(interaction))
-        if refusal is not None:
-            await interaction.response.send_message(refusal, ephemeral=True)
+        if await self._refused(interaction):
             return
         await interaction.response.defer(thinking=True, ephemeral=True)
-        report = await fair_use.budgets.usage_report(interaction.user.id, interaction.guild_id)
+        report = await self._fair.budgets.usage_report(interaction.user.id, interaction.guild_id)
         await interaction.followup.send(replies.usage_report(report), ephemeral=True)
 
+    @app_commands.command(name="forget")
+    async def forget(self, interaction: discord.Interaction) -> None:
+        """Delete every question of yours and its answer that I stored for conversations."""
+        await interaction.response.defer(thinking=True, ephemeral=True)
+        deleted = await self._conversations.forget(interaction.user.id)
+        log.info("forgot %d turn(s) of user %s at their request", deleted, interaction.user.id)
+        await interaction.followup.send(replies.forgotten(deleted), ephemeral=True)
 
-def origin_of(interaction: discord.Interaction) -> access.Origin:
-    """Where an interaction's ask counts as coming from."""
-    return access.Origin(
-        guild_id=interaction.guild_id,
-        channel_id=_parent_channel_id(interaction),
-        role_ids=[role.id for role in getattr(interaction.user, "roles", [])],
-    )
-
-
-def _parent_channel_id(interaction: discord.Interaction) -> int | None:
-    """The channel an ask counts as coming from: a thread counts as its parent."""
-    channel = interaction.channel
-    if isinstance(channel, discord.Thread):
-        return channel.parent_id
-    return interaction.channel_id
+    async def _refused(self, interaction: discord.Interaction) -> bool:
+        refusal = access.refusal(self._fair.rules, origin_of(interaction))
+        if refusal is not None:
+            await interaction.response.send_message(refusal, ephemeral=True)
+        return refusal is not None

@@ -1,4 +1,9 @@
-"""The Discord client: safe defaults, the `/ask` cog, and command syncing."""
+"""The Discord client: safe defaults, the commands, follow-ups, and command syncing.
+
+It needs no privileged intent: slash commands and buttons arrive as interactions, and
+the messages it reads (replies to its answers, mentions of it) carry their content
+without the Message Content intent, because they mention the bot.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,13 @@ from discord.ext import commands
 
 from bot.answers.answering import Answerer
 from bot.config import Settings
+from bot.conversation.context import context_budget
+from bot.conversation.tokens import TokenCounter
+from bot.conversation.turns import ConversationStore
 from bot.discord_app.ask import Ask
+from bot.discord_app.conversations import Conversations
+from bot.discord_app.follow_up import FollowUpButton
+from bot.discord_app.pacing import ChannelPacer
 from bot.discord_app.pipeline import AskPipeline, FairUse
 from bot.discord_app.tree import AskTree
 from bot.model.llm import Completer
@@ -19,13 +30,15 @@ log = logging.getLogger(__name__)
 
 
 class AskBot(commands.Bot):
-    """A bot that answers slash commands only; it reads no message content."""
+    """Answers `/ask`, follow-ups by button, and replies to its answers."""
 
     def __init__(
         self,
         settings: Settings,
         completer: Completer,
         fair_use: FairUse,
+        conversations: ConversationStore,
+        counter: TokenCounter,
         *,
         sync_on_start: bool = True,
     ) -> None:
@@ -34,7 +47,8 @@ class AskBot(commands.Bot):
             command_prefix=commands.when_mentioned,
             help_command=None,
             tree_cls=AskTree,
-            # Slash commands need no privileged intents.
+            # No privileged intent: see the module docstring. The default ones include
+            # the guild and direct messages that replies to answers arrive as.
             intents=discord.Intents.default(),
             # Model output is untrusted: it must never ping anyone. This default also
             # covers interaction followups, which use the client's state.
@@ -48,7 +62,10 @@ class AskBot(commands.Bot):
         self._fair_use = fair_use
         self._settings = settings
         self._completer = completer
+        self._store = conversations
+        self._counter = counter
         self._sync_on_start = sync_on_start
+        self._conversations: Conversations | None = None
 
     async def setup_hook(self) -> None:
         answerer = Answerer(
@@ -56,7 +73,20 @@ class AskBot(commands.Bot):
             stream=self._settings.stream_responses,
             edit_interval=self._settings.stream_edit_interval,
         )
-        await self.add_cog(Ask(AskPipeline(answerer, self._fair_use)))
+        conversations = Conversations(
+            AskPipeline(answerer, self._fair_use),
+            self._store,
+            self._counter,
+            system_prompt=self._settings.system_prompt,
+            model=self._completer.model,
+            budget=context_budget(self._settings).prompt_tokens,
+            pacer=ChannelPacer(),
+        )
+        self._conversations = conversations
+        FollowUpButton.service = conversations
+        # Buttons of answers sent before a restart are matched by their custom id.
+        self.add_dynamic_items(FollowUpButton)
+        await self.add_cog(Ask(conversations, self._fair_use))
         guild_id = self._settings.discord_guild_id
         if self._sync_on_start and guild_id is not None:
             guild = discord.Object(id=guild_id)
@@ -70,9 +100,19 @@ class AskBot(commands.Bot):
         return len(synced)
 
     async def on_message(self, message: discord.Message, /) -> None:
-        # Slash commands only. The default would parse every message that mentions the
-        # bot as a prefix command and log a "command not found" traceback for each.
-        return
+        """A reply to an answer, or a mention of the bot, is a question; the rest is ignored.
+
+        (The default would parse every message that mentions the bot as a prefix command.)
+        """
+        if message.author.bot or self.user is None or self._conversations is None:
+            return
+        if message.guild is None and not self._settings.allow_dms:
+            return
+        try:
+            await self._conversations.reply(message, self.user)
+        except Exception:
+            # The ask's own line is logged already; this is the traceback, once.
+            log.exception("unexpected error answering message %s", message.id)
 
     async def on_ready(self) -> None:
         log.info("connected to Discord as %s (%s guilds)", self.user, len(self.guilds))

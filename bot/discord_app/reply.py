@@ -1,4 +1,10 @@
-"""The interaction followups that make up one answer: the Discord `Messages`."""
+"""Answers to an interaction: its followups (`Reply`, the Discord `Messages`) and the ask an
+interaction makes (`InteractionSurface`, for `AskPipeline`).
+
+A refusal is the interaction's ephemeral response, so the channel never sees who was
+turned away; an accepted ask is deferred ("thinking…") and answered in the followups,
+which live as long as the interaction's token (15 minutes).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,8 @@ from collections.abc import Iterator, Sequence
 import discord
 
 from bot.answers.messages import DeliveryFailed, MessageGone
+from bot.discord_app import pipeline
+from bot.fair_use import access
 
 log = logging.getLogger(__name__)
 
@@ -108,3 +116,57 @@ def translate_failures() -> Iterator[None]:
         raise
     except discord.RateLimited as error:
         raise DeliveryFailed(f"Discord rate limit of {error.retry_after:.0f} s") from error
+
+
+class InteractionSurface:
+    """An ask made through an interaction: a slash command or a modal submit."""
+
+    kind = "interaction"
+
+    def __init__(self, interaction: discord.Interaction, *, private: bool) -> None:
+        self._interaction = interaction
+        self._private = private
+        self.messages = Reply(interaction.followup, ephemeral=private)
+
+    @property
+    def id(self) -> int:
+        return self._interaction.id
+
+    @property
+    def user_id(self) -> int:
+        return self._interaction.user.id
+
+    @property
+    def guild_id(self) -> int | None:
+        return self._interaction.guild_id
+
+    @property
+    def origin(self) -> access.Origin:
+        return origin_of(self._interaction)
+
+    @property
+    def lifetime(self) -> float:
+        return pipeline.LIFETIME.token
+
+    async def refuse(self, sentence: str) -> None:
+        await self._interaction.response.send_message(sentence, ephemeral=True)
+
+    async def acknowledge(self) -> None:
+        await self._interaction.response.defer(thinking=True, ephemeral=self._private)
+
+
+def origin_of(interaction: discord.Interaction) -> access.Origin:
+    """Where an interaction's ask counts as coming from."""
+    return access.Origin(
+        guild_id=interaction.guild_id,
+        channel_id=_parent_channel_id(interaction),
+        role_ids=[role.id for role in getattr(interaction.user, "roles", [])],
+    )
+
+
+def _parent_channel_id(interaction: discord.Interaction) -> int | None:
+    """The channel an ask counts as coming from: a thread counts as its parent."""
+    channel = interaction.channel
+    if isinstance(channel, discord.Thread):
+        return channel.parent_id
+    return interaction.channel_id

@@ -312,6 +312,11 @@ class Completer:
         return self._model
 
     @property
+    def base_url(self) -> str:
+        """The endpoint requests go to, ending in `/v1` (no trailing slash)."""
+        return str(self._client.base_url).rstrip("/")
+
+    @property
     def system_prompt(self) -> str:
         """The configured system prompt, put before a lone prompt."""
         return self._system_prompt

@@ -1,0 +1,224 @@
+"""Conversations on Discord: a fresh `/ask`, a follow-up by button, a reply to an answer.
+
+Every answer that has text is saved as a turn of its conversation, keyed by the ids of
+its messages, and its last message carries a "Follow up" button. A follow-up (the
+button's modal, or a reply to any message of an answer) continues from that turn: the
+model receives the system prompt, as many of the newest earlier turns of that chain as
+fit its context, and the new question. Replying to an older answer branches from there.
+A fresh `/ask`, or a message that only mentions the bot, starts a new conversation.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import discord
+
+from bot.answers import replies
+from bot.answers.answering import Outcome, Progress, Question, Request
+from bot.conversation.context import (
+    PromptOverBudget,
+    build_context,
+    count_request,
+    count_turn,
+)
+from bot.conversation.tokens import TokenCounter
+from bot.conversation.turns import ConversationStore, NewTurn, Turn, TurnId, may_continue
+from bot.discord_app.channel_reply import MessageSurface
+from bot.discord_app.follow_up import follow_up_view
+from bot.discord_app.pacing import ChannelPacer
+from bot.discord_app.pipeline import AskPipeline, Surface
+from bot.discord_app.reply import InteractionSurface
+from bot.model import llm
+
+log = logging.getLogger(__name__)
+
+MAX_CHAIN = 500
+"""The most earlier turns looked at for one follow-up; far more than any context holds."""
+
+
+@dataclass(frozen=True)
+class Where:
+    """Who asks, where, and whether the answer is private."""
+
+    asker: str
+    """The display name, as shown where they asked."""
+    channel_id: int
+    private: bool
+
+
+class Conversations:
+    """Starts and continues conversations through the `AskPipeline`."""
+
+    def __init__(
+        self,
+        asks: AskPipeline,
+        store: ConversationStore,
+        counter: TokenCounter,
+        *,
+        system_prompt: str,
+        model: str,
+        budget: int,
+        pacer: ChannelPacer,
+    ) -> None:
+        self._asks = asks
+        self._store = store
+        self._counter = counter
+        self._system_prompt = system_prompt
+        self._model = model
+        self._budget = budget
+        self._pacer = pacer
+
+    @property
+    def store(self) -> ConversationStore:
+        return self._store
+
+    async def ask(self, interaction: discord.Interaction, prompt: str, *, private: bool) -> None:
+        """A fresh `/ask`: a new conversation."""
+        surface = InteractionSurface(interaction, private=private)
+        where = Where(_display_name(interaction.user), _channel_id(interaction), private)
+        await self._run(surface, prompt, where, parent=None)
+
+    async def may_follow_up(self, turn_id: TurnId, user_id: int) -> str | None:
+        turn = await self._store.turn(turn_id)
+        if turn is None:
+            return replies.FOLLOW_UP_GONE
+        if not may_continue(turn, user_id):
+            return replies.FOLLOW_UP_NOT_YOURS
+        return None
+
+    async def follow_up(self, interaction: discord.Interaction, turn_id: TurnId, text: str) -> None:
+        """The follow-up modal was submitted: continue from `turn_id`, privately if it was."""
+        turn = await self._store.turn(turn_id)
+        if turn is None or not may_continue(turn, interaction.user.id):
+            sentence = replies.FOLLOW_UP_GONE if turn is None else replies.FOLLOW_UP_NOT_YOURS
+            await interaction.response.send_message(sentence, ephemeral=True)
+            return
+        surface = InteractionSurface(interaction, private=turn.private)
+        where = Where(_display_name(interaction.user), _channel_id(interaction), turn.private)
+        await self._run(surface, text, where, parent=turn)
+
+    async def reply(self, message: discord.Message, bot_user: discord.ClientUser) -> None:
+        """A message in a channel: a reply to an answer continues its conversation; a
+        message that mentions the bot starts one; anything else is none of the bot's
+        business."""
+        parent: Turn | None = None
+        reference = message.reference
+        mentioned = _mentions(message.content, bot_user.id)
+        if reference is not None and reference.message_id is not None:
+            parent = await self._store.turn_for_message(reference.message_id)
+            if parent is None and not mentioned:
+                return  # a reply to something that is not one of the bot's answers
+            if parent is not None and not may_continue(parent, message.author.id):
+                return
+        elif not mentioned:
+            return
+        prompt = _without_mention(message.content, bot_user.id)
+        surface = MessageSurface(message, self._pacer)
+        where = Where(_display_name(message.author), message.channel.id, private=False)
+        await self._run(surface, prompt, where, parent=parent)
+
+    async def forget(self, user_id: int) -> int:
+        return await self._store.forget_user(user_id)
+
+    async def _run(self, surface: Surface, prompt: str, where: Where, parent: Turn | None) -> None:
+        saved: list[Turn] = []
+
+        async def prepare() -> Question:
+            return await self._question(prompt, where, parent, saved, surface)
+
+        async def after(outcome: Outcome, question: Question) -> None:
+            if saved:
+                # The last message (carrying the button) was sent after the turn was saved.
+                await self._store.add_messages(saved[0].id, _message_ids(surface))
+
+        await self._asks.run(surface, prompt, prepare, after=after)
+
+    async def _question(
+        self,
+        prompt: str,
+        where: Where,
+        parent: Turn | None,
+        saved: list[Turn],
+        surface: Surface,
+    ) -> Question:
+        chain = await self._store.chain(parent.id, MAX_CHAIN) if parent is not None else []
+        counted = await count_request(self._counter, self._system_prompt, where.asker, prompt)
+        context = build_context(
+            system_prompt=self._system_prompt,
+            chain=chain,
+            prompt=prompt,
+            asker=where.asker,
+            request=counted,
+            budget=self._budget,
+            model=self._model,
+        )
+        if isinstance(context, PromptOverBudget):
+            return Question(
+                prompt,
+                unanswerable=llm.PromptTooLong(
+                    f"prompt of {context.tokens} tokens over the context budget of {context.budget}"
+                ),
+            )
+        shorter = context.halved()
+
+        async def save(progress: Progress) -> discord.ui.View | None:
+            prompt_tokens, answer_tokens = await count_turn(
+                self._counter, where.asker, prompt, progress.text
+            )
+            turn = await self._store.save(
+                NewTurn(
+                    user_id=surface.user_id,
+                    display_name=where.asker,
+                    guild_id=surface.guild_id,
+                    channel_id=where.channel_id,
+                    private=where.private,
+                    prompt=prompt,
+                    answer=progress.text,
+                    model=self._model,
+                    prompt_tokens=prompt_tokens,
+                    answer_tokens=answer_tokens,
+                    parent_id=parent.id if parent is not None else None,
+                    created_at=datetime.now(UTC),
+                ),
+                _message_ids(surface),
+            )
+            saved.append(turn)
+            return follow_up_view(turn.id)
+
+        # A fresh question holds nobody's words but the asker's: it goes as it is, after
+        # the system prompt. Labels, and the rules about them, come with a history.
+        request: Request = context.messages if chain else prompt
+        return Question(
+            request,
+            shorter=shorter.messages if shorter is not None else None,
+            footer=replies.OLDER_TURNS_LEFT_OUT if chain and context.turns_left_out else None,
+            final_view=save,
+        )
+
+
+def _message_ids(surface: Surface) -> list[int]:
+    return list(surface.messages.message_ids)
+
+
+def _display_name(user: discord.User | discord.Member) -> str:
+    return user.display_name
+
+
+def _channel_id(interaction: discord.Interaction) -> int:
+    return interaction.channel_id or 0
+
+
+def _mention_pattern(bot_id: int) -> re.Pattern[str]:
+    return re.compile(rf"<@!?{bot_id}>")
+
+
+def _mentions(content: str, bot_id: int) -> bool:
+    return _mention_pattern(bot_id).search(content) is not None
+
+
+def _without_mention(content: str, bot_id: int) -> str:
+    return _mention_pattern(bot_id).sub("", content).strip()
