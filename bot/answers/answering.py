@@ -17,7 +17,7 @@ import discord
 from bot.answers import replies
 from bot.answers.formatting import final_parts
 from bot.answers.messages import DeliveryFailed, MessageGone, Messages
-from bot.answers.streaming import LiveReply
+from bot.answers.streaming import LiveReply, write_final
 from bot.model import llm
 
 log = logging.getLogger(__name__)
@@ -204,8 +204,9 @@ async def _close(live: LiveReply, parts: list[str], renderer: asyncio.Task[None]
 
 
 async def _finish(reply: Messages, parts: list[str]) -> None:
-    """`reply.finish(parts)`, completed even when the caller is cancelled meanwhile."""
-    writing = asyncio.ensure_future(reply.finish(parts))
+    """`reply.finish(parts)`, retried while Discord fails (`write_final`), and completed
+    even when the caller is cancelled meanwhile."""
+    writing = asyncio.ensure_future(write_final(lambda: reply.finish(parts)))
     try:
         await asyncio.shield(writing)
     except asyncio.CancelledError:
