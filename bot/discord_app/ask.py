@@ -25,6 +25,8 @@ from discord.ext import commands
 
 from bot.answers import replies
 from bot.answers.answering import Answerer, Outcome, Progress
+from bot.answers.messages import DeliveryFailed, MessageGone
+from bot.answers.streaming import write_final
 from bot.discord_app.reply import Reply
 from bot.discord_app.stop_button import StopButton
 from bot.fair_use import access, budgets, limits
@@ -121,7 +123,11 @@ class Ask(commands.Cog):
         reply = Reply(interaction.followup, ephemeral=private)
 
         async def show_place(place: int) -> None:
-            await reply.show(0, replies.queue_position(place))
+            try:
+                await reply.show(0, replies.queue_position(place))
+            except DeliveryFailed as error:
+                # Only a preview: the next place, or the answer, shows once Discord recovers.
+                log.warning("could not show an ask's place in line (%s)", error)
 
         admitted = self._admit(interaction, prompt, show_place)
         if isinstance(admitted, TurnedAway):
@@ -177,13 +183,17 @@ class Ask(commands.Cog):
                 try:
                     async with asyncio.timeout_at(start_by):
                         await holding.enter_async_context(admitted.ticket)
+                except MessageGone as gone:
+                    # Its place in line was deleted (or the token expired): nobody waits.
+                    self._log(interaction, gone.kind, received, acked, None, None)
+                    return
                 except limits.GateClosed:
-                    await reply.finish([replies.RESTARTING])
-                    self._log(interaction, "restarting", received, acked, None, None)
+                    kind = await _close_with(reply, replies.RESTARTING, "restarting")
+                    self._log(interaction, kind, received, acked, None, None)
                     return
                 except TimeoutError:
-                    await reply.finish([replies.TOO_LATE])
-                    self._log(interaction, "too_late", received, acked, None, None)
+                    kind = await _close_with(reply, replies.TOO_LATE, "too_late")
+                    self._log(interaction, kind, received, acked, None, None)
                     return
                 outcome = await self._answerer.answer(
                     prompt,
@@ -322,6 +332,18 @@ class Ask(commands.Cog):
             (done - received) * 1000,
             tokens,
         )
+
+
+async def _close_with(reply: Reply, sentence: str, kind: str) -> str:
+    """Show `sentence` as the ask's only message; return the outcome to log: `kind`, or
+    why Discord would not show it."""
+    try:
+        await write_final(lambda: reply.finish([sentence]))
+    except MessageGone as gone:
+        return gone.kind
+    except DeliveryFailed:
+        return "undelivered"
+    return kind
 
 
 def _ms(at: float | None, since: float) -> str:
