@@ -17,7 +17,7 @@ import discord
 from bot.answers import replies
 from bot.answers.formatting import final_parts
 from bot.answers.messages import DeliveryFailed, MessageGone, Messages
-from bot.answers.streaming import LiveReply
+from bot.answers.streaming import LiveReply, write_final
 from bot.model import llm
 
 log = logging.getLogger(__name__)
@@ -266,8 +266,9 @@ async def _close(
 
 
 async def _finish(reply: Messages, parts: list[str], view: discord.ui.View | None = None) -> None:
-    """`reply.finish(parts, view)`, completed even when the caller is cancelled meanwhile."""
-    writing = asyncio.ensure_future(reply.finish(parts, view))
+    """`reply.finish(parts, view)`, retried while Discord fails (`write_final`), and
+    completed even when the caller is cancelled meanwhile."""
+    writing = asyncio.ensure_future(write_final(lambda: reply.finish(parts, view)))
     try:
         await asyncio.shield(writing)
     except asyncio.CancelledError:

@@ -163,16 +163,7 @@ class LiveReply:
         await self._retrying(functools.partial(self._reply.finish, parts, view))
 
     async def _retrying(self, write: Callable[[], Awaitable[None]]) -> None:
-        """Run `write`, again on `DeliveryFailed`, up to `FINAL_ATTEMPTS` times in all."""
-        for attempt in range(FINAL_ATTEMPTS):
-            try:
-                await write()
-                return
-            except DeliveryFailed as error:
-                if attempt == FINAL_ATTEMPTS - 1:
-                    raise
-                log.warning("could not write an answer's final message (%s); retrying", error)
-                await asyncio.sleep(min(MAX_BACKOFF, 2.0**attempt))
+        await write_final(write)
 
     async def _show(
         self,
@@ -225,3 +216,20 @@ class LiveReply:
             shown = close_open_fence(part)
         # Only an absurdly long fence run gets here; a plain cut still fits the message.
         return shown[:room] + WRITING_MARKER
+
+
+async def write_final(write: Callable[[], Awaitable[None]]) -> None:
+    """Run `write`, again on `DeliveryFailed`, up to `FINAL_ATTEMPTS` times in all.
+
+    For writes that must land (an answer's final messages): a progress edit is simply
+    superseded by the next one instead.
+    """
+    for attempt in range(FINAL_ATTEMPTS):
+        try:
+            await write()
+            return
+        except DeliveryFailed as error:
+            if attempt == FINAL_ATTEMPTS - 1:
+                raise
+            log.warning("could not write an answer's final message (%s); retrying", error)
+            await asyncio.sleep(min(MAX_BACKOFF, 2.0**attempt))

@@ -26,7 +26,8 @@ from typing import Protocol
 
 from bot.answers import replies
 from bot.answers.answering import Answerer, Outcome, Progress, Question
-from bot.answers.messages import Messages
+from bot.answers.messages import DeliveryFailed, MessageGone, Messages
+from bot.answers.streaming import write_final
 from bot.discord_app.stop_button import StopButton
 from bot.fair_use import access, budgets, limits
 from bot.metrics import Metrics
@@ -168,7 +169,11 @@ class AskPipeline:
         received = loop.time()
 
         async def show_place(place: int) -> None:
-            await surface.messages.show(0, replies.queue_position(place))
+            try:
+                await surface.messages.show(0, replies.queue_position(place))
+            except DeliveryFailed as error:
+                # Only a preview: the next place, or the answer, shows once Discord recovers.
+                log.warning("could not show an ask's place in line (%s)", error)
 
         admitted = self._admit(surface, prompt, show_place)
         if isinstance(admitted, TurnedAway):
@@ -221,13 +226,17 @@ class AskPipeline:
                 try:
                     async with asyncio.timeout_at(start_by):
                         await holding.enter_async_context(admitted.ticket)
+                except MessageGone as gone:
+                    # Its place in line was deleted (or the token expired): nobody waits.
+                    self._log(surface, gone.kind, received, acked, None, None)
+                    return None
                 except limits.GateClosed:
-                    await reply.finish([replies.RESTARTING])
-                    self._log(surface, "restarting", received, acked, None, None)
+                    kind = await _close_with(reply, replies.RESTARTING, "restarting")
+                    self._log(surface, kind, received, acked, None, None)
                     return None
                 except TimeoutError:
-                    await reply.finish([replies.TOO_LATE])
-                    self._log(surface, "too_late", received, acked, None, None)
+                    kind = await _close_with(reply, replies.TOO_LATE, "too_late")
+                    self._log(surface, kind, received, acked, None, None)
                     return None
                 question = await prepare()
                 outcome = await self._answerer.answer(
@@ -357,6 +366,18 @@ class AskPipeline:
             (done - received) * 1000,
             tokens,
         )
+
+
+async def _close_with(reply: Messages, sentence: str, kind: str) -> str:
+    """Show `sentence` as the ask's only message; return the outcome to log: `kind`, or
+    why Discord would not show it."""
+    try:
+        await write_final(lambda: reply.finish([sentence]))
+    except MessageGone as gone:
+        return gone.kind
+    except DeliveryFailed:
+        return "undelivered"
+    return kind
 
 
 def _ms(at: float | None, since: float) -> str:
