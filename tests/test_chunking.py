@@ -313,7 +313,7 @@ def cut_kind(text: str, end: int, reading: Reading) -> int:
 
 
 PLAIN_WORD = st.sampled_from(["a", "model", "answer", "Discord", "message", "straße", "数据"])
-PLAIN_GAP = st.sampled_from([" "] * 6 + [". ", "! ", "\n", "\n\n"])
+PLAIN_GAP = st.sampled_from([" "] * 3 + [". ", "! ", "\n", "\n\n", "\n\n"])
 PLAIN_PROSE = st.lists(st.tuples(PLAIN_WORD, PLAIN_GAP), min_size=1, max_size=120).map(
     lambda pairs: "".join(word + gap for word, gap in pairs).strip() or "text"
 )
@@ -322,7 +322,7 @@ PLAIN_CODE = st.lists(st.sampled_from(CODE_LINES[:6]), min_size=1, max_size=12).
 )
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(
     blocks=st.lists(st.one_of(PLAIN_PROSE, PLAIN_PROSE, PLAIN_CODE), min_size=1, max_size=8),
     limit=LIMITS,
@@ -335,9 +335,9 @@ def test_the_best_kind_of_cut_in_reach_is_taken(blocks: list[str], limit: int) -
     assert alignment is not None
     for part, (markup, start, end) in zip(parts[:-1], alignment, strict=False):
         # The narrowest zone the splitter cuts in: the last fifth of the room left by the
-        # markup before the text and a closing fence.
+        # markup before the text (with code in the message, it starts earlier).
         room = limit - markup
-        low = start + (room - 4) - (room - 4) // 5
+        low = start + room - room // 5
         outside_code = [
             candidate
             for candidate in range(low, start + room + 1)
@@ -608,3 +608,108 @@ def test_settled_count_of_a_long_answer_is_all_but_the_last() -> None:
 @pytest.mark.parametrize("text", ["", "short", prose(2100)])
 def test_short_answers_have_nothing_settled(text: str) -> None:
     assert settled_count(text) == 0
+
+
+# --- Code as Discord reads it --------------------------------------------------------------
+
+
+def renders(text: str, limit: int = 2000) -> list[str]:
+    """The split of `text`, after checking every message against Discord's reading."""
+    parts = split_message(text, limit)
+    check_rendering(text, parts, limit)
+    return parts
+
+
+CODE = "\n".join(f"    total += values[{i}]  # step {i}" for i in range(120))
+
+
+def test_a_four_backtick_fence_opens_and_closes_as_three_and_a_stray_backtick() -> None:
+    text = f"````js\n{CODE}\n````\nafter"
+    parts = renders(text)
+    assert len(parts) >= 2
+    # Discord shows "`js" as the first line of code, so the block has no language to reopen.
+    assert all(part.startswith("```\n    total") for part in parts[1:])
+    assert parts[-1].endswith("\n````\nafter")
+
+
+def test_tildes_are_no_fence() -> None:
+    text = "~~~\n" + CODE + "\n~~~\nafter"
+    parts = renders(text)
+    assert len(parts) >= 2
+    assert not any("```" in part for part in parts)
+
+
+@pytest.mark.parametrize("space", ODD_SPACE)
+def test_whitespace_before_the_first_fence_changes_nothing(space: str) -> None:
+    text = f"{space}```python\n{CODE}\n{space}```\n\n{prose(600)}"
+    parts = renders(text)
+    assert all(part.endswith("\n```") for part in parts[:-1])
+    assert parts[-1].endswith(prose(600))
+    assert not read(parts[-1]).unclosed
+
+
+def test_a_fence_in_the_middle_of_a_line_is_one() -> None:
+    # Discord opens a block at ``` anywhere, so a cut just before it starts the next message
+    # with a block that the message must close.
+    text = f"{exactly(1995, WORDS)} ```print('a long line of code that goes on and on')"
+    parts = renders(text + "\nstill code\n```\nprose")
+    assert parts[1].startswith("```print(")
+    parts = renders(text)
+    assert parts[1].startswith("```print(")
+    assert parts[1].endswith("\n```")
+
+
+def test_a_paired_fence_in_prose_after_a_mid_line_cut_is_kept() -> None:
+    text = f"{exactly(1990, WORDS)} ```x = 1``` and then `y` and " + prose(400)
+    parts = renders(text)
+    assert parts[1].startswith("```x = 1``` and then `y`")
+
+
+@pytest.mark.parametrize("limit", [MIN_LIMIT, 150, 200, 300])
+@pytest.mark.parametrize("opener", ["```", "```python", "````", "```c++", "```python extra"])
+def test_small_limits_keep_every_character_of_fences_and_code(opener: str, limit: int) -> None:
+    code = "\n".join(f"x_{i} = {i}" for i in range(40))
+    text = f"Before.\n{opener}\n{code}\n```\nAfter, with `inline` code.\n> quoted ```x```"
+    parts = renders(text, limit)
+    assert len(parts) >= 2
+    assert all(len(part) <= limit for part in parts)
+
+
+def test_a_paragraph_break_at_the_end_of_the_room_beats_a_sentence_end() -> None:
+    # The message holds code, but is cut in prose: a closing fence takes no room there.
+    head = "```\nx = 1\n```\n" + prose(1900)
+    head = head + "y" * (1998 - len(head))
+    text = f"{head}\n\n{prose(600)}"
+    assert split_message(text)[0] == head
+
+
+def test_inline_code_covering_the_cut_zone_moves_whole() -> None:
+    code = "`" + "git commit --amend --no-edit && git push --force-with-lease" + "`"
+    text = f"{exactly(60, WORDS)} {code} done."
+    parts = renders(text, MIN_LIMIT)
+    assert parts[0] == exactly(60, WORDS)
+    assert parts[1].startswith(code)
+
+
+def test_an_empty_block_is_read_as_discord_reads_it() -> None:
+    # With a ``` soon after, Discord pairs the empty block's opening with it...
+    text = "```python\n```\nnot prose\n```\n" + prose(3000)
+    parts = renders(text)
+    assert not read(parts[0]).unclosed
+    # ...and without one, it is just an empty block: what follows is prose.
+    text = "```python\n```\n" + prose(3000)
+    parts = renders(text)
+    assert all("```" not in part for part in parts[1:])
+
+
+def test_a_backslash_escapes_a_fence() -> None:
+    text = "Type \\``` to show backticks. " + prose(3000)
+    parts = renders(text)
+    assert all("```" not in part for part in parts[1:])
+
+
+def test_code_in_quote_lines_is_kept_whole() -> None:
+    quoted = "> ```py\n> x = 1\n> ```"
+    text = exactly(1980, WORDS) + "\n" + quoted + "\nafter"
+    parts = renders(text)
+    assert parts[1].startswith(quoted)

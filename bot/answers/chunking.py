@@ -113,7 +113,8 @@ def split_message(text: str, limit: int = 2000) -> list[str]:
     latest sentence end (".", "!" or "?" then a space), else the latest space, each only where
     the message with its closing fence, if it needs one, still fits. Without any of them, at
     the latest boundary between grapheme clusters. None of these is ever inside inline code, a
-    code block in a quote, a URL, mention, custom emoji, timestamp or masked link. A cut never
+    code block on one line or in a quote, a URL, mention, custom emoji, timestamp or masked
+    link. A cut never
     splits a run of backticks or a backslash from the symbol it escapes, never leaves a message
     ending in an opening fence or its language, or right before a closing fence, and avoids
     leaving the next one with no code before its closing fence (an empty code block).
@@ -285,6 +286,9 @@ def _read(text: str, limit: int) -> _Document:
                 if fence.close == _NEVER:
                     break
                 position = fence.close + len(_FENCE)
+                # A short block on one line (```like this```) is kept whole like inline code.
+                if position - start <= INLINE_CODE_REACH and "\n" not in text[start:position]:
+                    spans.append((start, position))
             elif close := _inline_end(text, start, len(mark), len(text)):
                 spans.append((start, close))
                 position = close
