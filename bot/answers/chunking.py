@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import re
 import sys
 from collections.abc import Iterator
 from typing import Final
@@ -64,8 +65,11 @@ _NEVER: Final = sys.maxsize
 _FENCE: Final = "```"
 _CLOSING: Final = "\n```"
 
-# What the reading stops at: escapes, runs of backticks, quote markers at a line start.
-_TOKEN = regex.compile(r"\\[^0-9A-Za-z\s]|`+|(?m:^) *>(?:>>)? ")
+# What the reading stops at: escapes, runs of backticks, quote markers at a line start (with
+# the line break before them: a pattern whose every branch starts with one of a few characters
+# is searched fast).
+_TOKEN = re.compile(r"\\[^0-9A-Za-z\s]|`+|\n *>(?:>>)? ")
+_LINE_QUOTE = re.compile(r" *>(?:>>)? ")
 _LOCAL_TOKEN = regex.compile(r"\\[^0-9A-Za-z\s]|`+")
 _ESCAPABLE = regex.compile(r"[^0-9A-Za-z\s]")
 _LANGUAGE = regex.compile(r"[0-9A-Za-z_+\-.#]+(?=\n)")
@@ -274,9 +278,12 @@ def _read(text: str, limit: int) -> _Document:
     quote_lines: list[tuple[int, int]] = []
     quote = _NEVER
     position = 0
-    while (token := _TOKEN.search(text, position)) is not None:
+    while (token := _next_token(text, position)) is not None:
         start, position = token.span()
         mark = token[0]
+        if mark[0] == "\n":
+            start += 1
+            mark = mark[1:]
         if mark[0] == "\\":
             continue
         if mark[0] == "`":
@@ -311,6 +318,14 @@ def _read(text: str, limit: int) -> _Document:
         quote_lines=tuple(quote_lines),
         quote=quote,
     )
+
+
+def _next_token(text: str, position: int) -> re.Match[str] | None:
+    """The first escape, run of backticks or quote marker at a line start from `position`."""
+    at_line_start = position == 0 or text[position - 1] == "\n"
+    if at_line_start and (marker := _LINE_QUOTE.match(text, position)) is not None:
+        return marker
+    return _TOKEN.search(text, position)
 
 
 def _fence(text: str, start: int, run_end: int, short: int) -> _Fence:
