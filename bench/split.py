@@ -4,7 +4,10 @@ Run: .venv/bin/python bench/split.py
 
 Builds a deterministic answer of about 100 kB (prose, lists, quotes, many code blocks, some
 emoji, links and mentions), splits it repeatedly and prints the median time per call with
-the number of messages against the lower bound ceil(len / 2000). Prints figures only.
+the number of messages against the lower bound ceil(len / 2000); then the time for an answer
+of the same size dense with backticks (inline code, four-backtick fences, stray backticks,
+fences in the middle of lines), which the splitter reads the way Discord does. Prints
+figures only.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ EXTRAS = [
     "\N{REGIONAL INDICATOR SYMBOL LETTER F}\N{REGIONAL INDICATOR SYMBOL LETTER R}",
 ]
 LANGUAGES = ["python", "js", "rust", "", "bash", "json"]
+BACKTICKS = ["`x`", "``a ` b``", "```inline```", "`", "````md", "````", "\\`", "> `q`\n"]
 
 
 def sentence(rng: random.Random) -> str:
@@ -72,6 +76,17 @@ def answer(seed: int = 2000) -> str:
     return "\n\n".join(blocks)
 
 
+def backtick_answer(seed: int = 2000) -> str:
+    rng = random.Random(seed)
+    words: list[str] = []
+    size = 0
+    while size < TARGET:
+        word = rng.choice(BACKTICKS) if rng.random() < 0.2 else rng.choice(VOCABULARY)
+        words.append(word + rng.choice([" ", " ", " ", "\n", "\n\n"]))
+        size += len(words[-1])
+    return "".join(words)
+
+
 def median_ms(call: Callable[[str, int], object], text: str) -> float:
     timings = []
     for _ in range(RUNS):
@@ -92,6 +107,9 @@ def main() -> None:
     print(f"lower bound         {lower_bound:>10}  (ceil(len / {LIMIT}))")
     print(f"ratio               {len(parts) / lower_bound:>10.3f}")
     print(f"average fill        {statistics.mean(map(len, parts)) / LIMIT:>10.1%}")
+    dense = backtick_answer()
+    print(f"backtick-dense      {len(dense):>10,} characters")
+    print(f"split_message       {median_ms(split_message, dense):>10.2f} ms per call (median)")
 
 
 if __name__ == "__main__":

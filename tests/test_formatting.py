@@ -15,13 +15,24 @@ from bot.answers.formatting import final_parts
         ("```python\nprint(1)\n```", "```python\nprint(1)\n```"),
         ("```python\nprint(1)", "```python\nprint(1)\n```"),
         ("```python\nprint(1)\n", "```python\nprint(1)\n```"),
-        ("````md\n```inner```\nstill", "````md\n```inner```\nstill\n````"),
-        ("~~~\ncode", "~~~\ncode\n~~~"),
-        ("```a\n```\n```b\nx", "```a\n```\n```b\nx\n```"),
+        # Discord closes a block at the next ```, whatever the fence lengths: the first ```
+        # of "```inner```" closes the "````md" block, the second opens one.
+        ("````md\n```inner```\nstill", "````md\n```inner```\nstill\n```"),
+        ("~~~\ncode", "~~~\ncode"),  # ~~~ is no fence in Discord
+        ("```a\nx\n```\n```b\ny", "```a\nx\n```\n```b\ny\n```"),
+        ("Say ```hi``` and `` ``` `` too", "Say ```hi``` and `` ``` `` too"),
+        ("Type \\``` to show it", "Type \\``` to show it"),
+        ("> ```py\n> quoted", "> ```py\n> quoted"),  # pairs only within the quote
+        ("    ```py\n    indented", "    ```py\n    indented\n```"),
     ],
 )
 def test_close_open_fence(text: str, expected: str) -> None:
     assert close_open_fence(text) == expected
+
+
+def test_a_note_after_an_open_block_in_a_quote_stays_text() -> None:
+    parts = final_parts("> ```py\n> x = 1", "*(cut off)*")
+    assert parts == ["> ```py\n> x = 1\n\n*(cut off)*"]
 
 
 def test_note_follows_a_closed_code_block() -> None:
