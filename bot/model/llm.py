@@ -408,7 +408,8 @@ class Completer:
     ) -> Answer:
         """Answer `request` (see `messages`); return the answer or raise a `CompletionError`.
 
-        `deadline` (event-loop time) ends the answer earlier than `timeout` would.
+        `deadline` (event-loop time) ends the answer earlier than `timeout` would. The
+        reasoning, in whichever form it came, is in `Answer.reasoning`, never in its `text`.
         """
         messages = self.messages(request)
         ends = self._deadline(deadline)
@@ -449,11 +450,14 @@ class Completer:
     ) -> AsyncGenerator[Chunk, None]:
         """Answer `request` (see `messages`), yielding the answer as it is written.
 
+        Reasoning is yielded as it comes, in `Chunk.reasoning`, before the answer's text
+        (see `Chunk` for the one case where text turns out to have been reasoning).
         Raises a `CompletionError` before the first chunk or mid-stream (after the text so
         far): `TimedOut` at the deadline, `ProviderUnavailable` when the stream breaks or
-        ends without a finish reason. A stream that ends without any text raises
-        `EmptyAnswer`. Closing the iterator early (or cancelling its consumer) closes the
-        HTTP response, which cancels the request.
+        ends without a finish reason, `ImagesNotSupported` before any chunk when the model
+        takes no images. A stream that ends without any answer text (reasoning alone
+        included) raises `EmptyAnswer`. Closing the iterator early (or cancelling its
+        consumer) closes the HTTP response, which cancels the request.
         """
         ends = self._deadline(deadline)
         messages = self.messages(request)
