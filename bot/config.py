@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from bot.fair_use.concurrency import INITIAL_LIMIT
 from bot.fair_use.limits import CooldownSpec, parse_cooldown
@@ -25,6 +25,9 @@ DEFAULT_SYSTEM_PROMPT = (
 )
 
 T = TypeVar("T")
+
+ShowReasoning = Literal["false", "file"]
+"""What to do with a reasoning model's thoughts: nothing, or attach them as `reasoning.md`."""
 
 
 class ConfigError(Exception):
@@ -90,6 +93,9 @@ class Settings:
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
     shutdown_grace: float = 20.0
+    vision: bool | None = None
+    """Whether the model sees images; `None` (VISION=auto) judges by the model's name."""
+    show_reasoning: ShowReasoning = "false"
 
     @property
     def uses_builtin_model(self) -> bool:
@@ -184,6 +190,8 @@ def load_settings(env: Mapping[str, str], *, require_discord: bool = True) -> Se
         stream_edit_interval=reader.parse(
             "STREAM_EDIT_INTERVAL", _positive_float, 1.0, "a number of seconds > 0"
         ),
+        vision=reader.parse("VISION", _vision, None, "auto, true or false"),
+        show_reasoning=reader.parse("SHOW_REASONING", _show_reasoning, "false", "false or file"),
     )
     if (
         settings.context_tokens is not None
@@ -256,6 +264,19 @@ def _flag(raw: str) -> bool:
     if value not in _TRUE | _FALSE:
         raise ValueError(raw)
     return value in _TRUE
+
+
+def _vision(raw: str) -> bool | None:
+    return None if raw.lower() == "auto" else _flag(raw)
+
+
+def _show_reasoning(raw: str) -> ShowReasoning:
+    value = raw.lower()
+    if value == "file":
+        return "file"
+    if value in _FALSE:
+        return "false"
+    raise ValueError(raw)
 
 
 def _snowflakes(raw: str) -> frozenset[int]:

@@ -7,8 +7,11 @@ the truth about the bot. These tests also pin down which SDK exception each fail
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from typing import cast
 
 import httpx2
 import openai
@@ -17,18 +20,23 @@ from openai import AsyncOpenAI
 from openai.types.chat import ChatCompletionChunk, ChatCompletionMessageParam
 
 from tests.fakes.openai_server import (
+    IMAGE_TOKENS,
     ApiError,
     Delay,
     FakeOpenAI,
     Hang,
+    ImageRejection,
     RawError,
+    ReasoningField,
     Refusal,
     Reply,
     StreamGateClosed,
     StreamReply,
+    TextOnly,
     Usage,
     bad_gateway_page,
     context_length_exceeded,
+    images_rejected,
     insufficient_quota,
     invalid_api_key,
     model_not_found,
@@ -726,3 +734,248 @@ def test_validation_accepts_a_full_request() -> None:
     }
 
     assert validate_chat_request(body) is None
+
+
+# --- Images ------------------------------------------------------------------------------------
+
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(16)
+PNG_URL = "data:image/png;base64," + base64.b64encode(PNG).decode()
+
+
+def with_image(url: str = PNG_URL, **image: object) -> list[ChatCompletionMessageParam]:
+    """One user message of a text part and an image part (``image`` may be malformed)."""
+    message = {
+        "role": "user",
+        "content": [
+            {"type": "text", "text": "What is this?"},
+            {"type": "image_url", "image_url": {"url": url, **image}},
+        ],
+    }
+    return [cast(ChatCompletionMessageParam, message)]
+
+
+async def test_image_parts_are_accepted_and_recorded(
+    server: FakeOpenAI, client: AsyncOpenAI
+) -> None:
+    completion = await client.chat.completions.create(
+        model=MODEL, messages=with_image(detail="low")
+    )
+
+    assert completion.choices[0].message.content == "What is this?"
+    assert server.requests[0].images == [{"url": PNG_URL, "detail": "low"}]
+    assert completion.usage is not None
+    assert completion.usage.prompt_tokens >= IMAGE_TOKENS
+
+
+async def test_a_web_image_url_is_accepted_without_being_fetched(
+    server: FakeOpenAI, client: AsyncOpenAI
+) -> None:
+    # A name that resolves nowhere: the fake must not try.
+    url = "https://images.invalid/cat.png"
+    await client.chat.completions.create(model=MODEL, messages=with_image(url))
+
+    assert server.requests[0].images == [{"url": url}]
+
+
+def _image_body(url: str = PNG_URL, **image: object) -> dict[str, object]:
+    return asking(messages=with_image(url, **image))
+
+
+_AT = "messages[0].content[1].image_url"
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "code", "words"),
+    [
+        (_image_body("cat.png"), f"{_AT}.url", "invalid_value", "without the 'data:' prefix"),
+        (_image_body("data:image/png;base64,"), f"{_AT}.url", "invalid_value", "empty"),
+        (_image_body("data:image/png;base64,%%%"), f"{_AT}.url", "invalid_value", "invalid"),
+        (
+            _image_body("data:text/plain;base64,aGk="),
+            f"{_AT}.url",
+            "invalid_image_format",
+            "Only image types",
+        ),
+        (
+            _image_body("data:image/jpeg;base64," + base64.b64encode(PNG).decode()),
+            f"{_AT}.url",
+            "invalid_image_format",
+            "unsupported image",
+        ),
+        (_image_body(detail="medium"), f"{_AT}.detail", "invalid_value", "'auto', 'low'"),
+        (
+            asking(messages=[{"role": "user", "content": [{"type": "image_url"}]}]),
+            "messages[0].content[0].image_url",
+            "missing_required_parameter",
+            "Missing",
+        ),
+        (
+            asking(messages=[{"role": "user", "content": [{"type": "video"}]}]),
+            "messages[0].content[0].type",
+            "invalid_value",
+            "'image_url'",
+        ),
+        (
+            asking(messages=[{"role": "system", "content": with_image()[0]["content"]}]),
+            "messages[0].content[1]",
+            "invalid_value",
+            "only allowed for messages with role 'user'",
+        ),
+    ],
+)
+def test_image_parts_are_checked_as_openai_checks_them(
+    body: object, param: str, code: str, words: str
+) -> None:
+    error = validate_chat_request(body)
+
+    assert error is not None
+    assert (error.status, error.type, error.param, error.code) == (
+        400,
+        "invalid_request_error",
+        param,
+        code,
+    )
+    assert words in error.message
+
+
+@pytest.mark.parametrize(
+    ("rejection", "error_type", "status", "words"),
+    [
+        ("openai", openai.BadRequestError, 400, "image_url is only supported by certain models"),
+        ("vllm", openai.BadRequestError, 400, "gpt-4o-mini is not a multimodal model"),
+        ("llama.cpp", openai.InternalServerError, 500, "image input is not supported"),
+        ("ollama", openai.InternalServerError, 500, "missing data required for image input"),
+    ],
+)
+async def test_a_text_only_server_refuses_images_in_its_own_words(
+    rejection: ImageRejection, error_type: type[openai.APIStatusError], status: int, words: str
+) -> None:
+    async with (
+        start_fake_openai(text_only=rejection) as server,
+        AsyncOpenAI(base_url=server.base_url, api_key="k", max_retries=0) as client,
+    ):
+        server.script(Reply("kept for a request without images"))
+        with pytest.raises(error_type) as caught:
+            await client.chat.completions.create(model=MODEL, messages=with_image())
+        completion = await client.chat.completions.create(model=MODEL, messages=HELLO)
+
+    assert caught.value.status_code == status
+    assert words in caught.value.message
+    assert completion.choices[0].message.content == "kept for a request without images"
+
+
+async def test_openai_names_the_refused_part(server: FakeOpenAI, client: AsyncOpenAI) -> None:
+    server.text_only = "openai"
+    messages: list[ChatCompletionMessageParam] = [
+        {"role": "system", "content": "Be brief."},
+        *with_image(),
+    ]
+    with pytest.raises(openai.BadRequestError) as caught:
+        await client.chat.completions.create(model=MODEL, messages=messages)
+
+    assert caught.value.type == "invalid_request_error"
+    assert caught.value.param == "messages.[1].content.[1].type"
+    assert caught.value.code is None
+
+
+async def test_a_scripted_text_only_model_answers_text_and_refuses_images(
+    server: FakeOpenAI, client: AsyncOpenAI
+) -> None:
+    server.script(TextOnly("vllm", then=Reply("text is fine")), TextOnly("vllm"))
+    answered = await client.chat.completions.create(model=MODEL, messages=HELLO)
+    with pytest.raises(openai.BadRequestError):
+        await client.chat.completions.create(model=MODEL, messages=with_image())
+    seeing = await client.chat.completions.create(model=MODEL, messages=with_image())
+
+    assert answered.choices[0].message.content == "text is fine"
+    assert seeing.choices[0].message.content == "What is this?"
+
+
+def test_each_rejection_is_the_shape_its_server_sends() -> None:
+    vllm = images_rejected("vllm", model="Qwen/Qwen3-8B")
+    llama = images_rejected("llama.cpp")
+
+    assert isinstance(vllm, RawError)
+    assert json.loads(vllm.body)["object"] == "error"
+    assert json.loads(vllm.body)["message"] == "Qwen/Qwen3-8B is not a multimodal model None"
+    assert isinstance(llama, RawError)
+    assert json.loads(llama.body)["error"]["type"] == "server_error"
+
+
+# --- Reasoning ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field_name", ["reasoning_content", "reasoning"])
+async def test_reasoning_streams_first_in_its_own_field(
+    server: FakeOpenAI, client: AsyncOpenAI, field_name: ReasoningField
+) -> None:
+    server.script(StreamReply("Four.", reasoning="Two and two.", reasoning_field=field_name))
+    stream = await client.chat.completions.create(
+        model=MODEL, messages=HELLO, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = await collect(stream)
+
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    reasoning = [(d.model_extra or {}).get(field_name) for d in deltas]
+    assert "".join(r for r in reasoning if r) == "Two and two."
+    assert streamed_text(chunks) == "Four."
+    first_content = next(i for i, d in enumerate(deltas) if d.content)
+    assert all(not r for r in reasoning[first_content:])
+    usage = chunks[-1].usage
+    assert usage is not None
+    assert usage.completion_tokens_details is not None
+    assert usage.completion_tokens_details.reasoning_tokens == 3
+    assert usage.completion_tokens == 3 + 1
+
+
+async def test_reasoning_in_a_whole_completion_is_a_message_field(
+    server: FakeOpenAI, client: AsyncOpenAI
+) -> None:
+    server.script(Reply("Four.", reasoning="Two and two.", reasoning_field="reasoning"))
+    completion = await client.chat.completions.create(model=MODEL, messages=HELLO)
+
+    message = completion.choices[0].message
+    assert message.content == "Four."
+    assert (message.model_extra or {})["reasoning"] == "Two and two."
+    assert completion.usage is not None
+    assert completion.usage.completion_tokens_details is not None
+    assert completion.usage.completion_tokens_details.reasoning_tokens == 3
+
+
+async def test_the_token_limit_counts_reasoning_first(
+    server: FakeOpenAI, client: AsyncOpenAI
+) -> None:
+    server.script(StreamReply("The answer.", reasoning="one two three four"))
+    stream = await client.chat.completions.create(
+        model=MODEL, messages=HELLO, stream=True, max_completion_tokens=3
+    )
+    chunks = await collect(stream)
+
+    assert streamed_text(chunks) == ""
+    assert chunks[-1].choices[0].finish_reason == "length"
+
+
+async def test_a_gate_sends_reasoning_pieces(server: FakeOpenAI, client: AsyncOpenAI) -> None:
+    gate = server.gated_stream()
+    stream = await client.chat.completions.create(model=MODEL, messages=HELLO, stream=True)
+    events = aiter(stream)
+    await anext(events)  # the role chunk
+    await gate.send_reasoning("Hmm.", "reasoning")
+    thinking = await anext(events)
+    await gate.send("Yes.")
+    await gate.finish()
+    rest = await collect(stream)
+
+    assert (thinking.choices[0].delta.model_extra or {}).get("reasoning") == "Hmm."
+    assert streamed_text(rest) == "Yes."
+
+
+async def test_think_tags_go_out_in_the_content_exactly_as_scripted(
+    server: FakeOpenAI, client: AsyncOpenAI
+) -> None:
+    pieces = ["<thi", "nk>Hmm.</th", "ink>", "Yes."]
+    server.script(StreamReply(pieces))
+    stream = await client.chat.completions.create(model=MODEL, messages=HELLO, stream=True)
+    chunks = await collect(stream)
+
+    assert [c.choices[0].delta.content for c in chunks if c.choices][1:-1] == pieces

@@ -7,12 +7,13 @@ httpx2): the errors a user and an operator see must not depend on which one it i
 from __future__ import annotations
 
 import asyncio
+import base64
 import itertools
 import logging
 import os
 import socket
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
@@ -23,19 +24,25 @@ import openai
 import pytest
 from aiohttp import web
 from dotenv import dotenv_values
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
-from bot.config import load_settings
-from bot.model import llm
+from bot.config import ConfigError, load_settings
+from bot.model import llm, vision
+from bot.model.reasoning import CLOSE_TAG, OPEN_TAG, Split, ThinkParser, split_reasoning
 from tests.fakes.openai_server import (
     ApiError,
     FakeOpenAI,
     Hang,
+    ImageRejection,
+    ReasoningField,
     Refusal,
     Reply,
     StreamGate,
     StreamReply,
     bad_gateway_page,
     context_length_exceeded,
+    images_rejected,
     insufficient_quota,
     invalid_api_key,
     model_not_found,
@@ -879,3 +886,544 @@ async def test_closing_the_stream_cancels_the_request(
         assert (await first).text == "Once"
         await stream.aclose()
         assert await request.finished() == "client_disconnected"
+
+
+# --- Reasoning: the parser --------------------------------------------------------------------
+
+
+def consume(splits: Iterable[Split]) -> tuple[str, str]:
+    """What a consumer of `Chunk`s ends up with: (answer text, reasoning)."""
+    text, reasoning = "", ""
+    for split in splits:
+        if split.text_was_reasoning:
+            text = ""
+        text += split.text
+        reasoning += split.reasoning
+    return text, reasoning
+
+
+def parse_in_pieces(content: str, cuts: Iterable[int]) -> list[Split]:
+    parser = ThinkParser()
+    bounds = [0, *sorted(set(cut % (len(content) + 1) for cut in cuts)), len(content)]
+    splits = [parser.feed(content[a:b]) for a, b in itertools.pairwise(bounds)]
+    return [*splits, parser.finish()]
+
+
+# Text made of tags, their pieces and a little else, so that tags are often split and whole.
+_TAGGY = st.lists(
+    st.sampled_from([OPEN_TAG, CLOSE_TAG, "<th", "ink>", "</", "<", ">", "a", "b.", " ", "\n"]),
+    max_size=16,
+).map("".join)
+_PLAIN = st.text(alphabet="ab <>/\n.", max_size=30)
+_WHITESPACE = st.text(alphabet=" \n\t", max_size=3)
+_CUTS = st.lists(st.integers(min_value=0, max_value=200), max_size=12)
+
+
+@given(content=_TAGGY, cuts=_CUTS)
+def test_any_chunking_reads_like_the_whole(content: str, cuts: list[int]) -> None:
+    assert consume(parse_in_pieces(content, cuts)) == split_reasoning(content)
+
+
+@given(
+    lead=_WHITESPACE,
+    thought=_PLAIN,
+    gap=_WHITESPACE,
+    answer=_PLAIN,
+    cuts=_CUTS,
+)
+def test_a_think_block_is_reasoning_and_never_answer_text(
+    lead: str, thought: str, gap: str, answer: str, cuts: list[int]
+) -> None:
+    assume(CLOSE_TAG not in thought and not answer[:1].isspace())
+    content = f"{lead}{OPEN_TAG}{thought}{CLOSE_TAG}{gap}{answer}"
+    splits = parse_in_pieces(content, cuts)
+
+    # Text once given out is never taken back: no piece of the block ever showed as answer.
+    assert not any(split.text_was_reasoning for split in splits)
+    assert "".join(split.text for split in splits) == answer
+    assert "".join(split.reasoning for split in splits) == thought
+
+
+@given(lead=_WHITESPACE, thought=_PLAIN, gap=_WHITESPACE, answer=_PLAIN, cuts=_CUTS)
+def test_a_closing_tag_alone_makes_what_came_before_reasoning(
+    lead: str, thought: str, gap: str, answer: str, cuts: list[int]
+) -> None:
+    # DeepSeek-R1's and Qwen3's thinking templates put `<think>` in the prompt.
+    assume(CLOSE_TAG not in thought and not (lead + thought).lstrip().startswith("<"))
+    assume(not answer[:1].isspace())
+    content = f"{lead}{thought}{CLOSE_TAG}{gap}{answer}"
+
+    assert consume(parse_in_pieces(content, cuts)) == (answer, lead + thought)
+
+
+@given(answer=_PLAIN, cuts=_CUTS)
+def test_an_answer_without_tags_is_untouched(answer: str, cuts: list[int]) -> None:
+    assume(CLOSE_TAG not in answer and not answer.lstrip().startswith(OPEN_TAG))
+    splits = parse_in_pieces(answer, cuts)
+
+    assert consume(splits) == (answer, "")
+    assert "".join(split.text for split in splits) == answer
+
+
+@given(answer=st.text(alphabet="ab.<", min_size=1, max_size=40).filter(lambda t: t[0] != "<"))
+def test_at_most_a_tag_is_held_back(answer: str) -> None:
+    parser = ThinkParser()
+    given_out = ""
+    for end, character in enumerate(answer, start=1):
+        given_out += parser.feed(character).text
+        assert len(given_out) >= end - (len(CLOSE_TAG) - 1)
+    given_out += parser.finish().text
+    assert given_out == answer
+
+
+def test_a_partial_tag_is_never_given_out_as_text() -> None:
+    parser = ThinkParser()
+    pieces = ["  <", "th", "ink", ">Hmm", ".</", "thi", "nk>", "\n\n", "Yes", " <thi", "nk> stays"]
+    splits = [parser.feed(piece) for piece in pieces] + [parser.finish()]
+
+    assert [split.text for split in splits if split.text] == ["Yes", " <thi", "nk> stays"]
+    assert "".join(split.reasoning for split in splits) == "Hmm."
+
+
+def test_a_closing_tag_is_the_answers_own_when_reasoning_came_separately() -> None:
+    parser = ThinkParser()
+    parser.separate_reasoning()
+
+    assert consume([parser.feed("Close it with </think>."), parser.finish()]) == (
+        "Close it with </think>.",
+        "",
+    )
+
+
+def test_a_lone_opening_tag_that_never_closes_is_all_reasoning() -> None:
+    assert split_reasoning("<think>I ran out of tokens") == ("", "I ran out of tokens")
+
+
+def test_what_only_looks_like_a_tag_is_answer_text() -> None:
+    assert split_reasoning("<3 you") == ("<3 you", "")
+    assert split_reasoning("<th") == ("<th", "")
+    assert split_reasoning("<thinking>no</thinking>") == ("<thinking>no</thinking>", "")
+
+
+# --- Reasoning: through the Completer ---------------------------------------------------------
+
+
+async def read_all(
+    completer: llm.Completer,
+    request: str | list[llm.ChatMessage] = "2+2?",
+    chunks: list[llm.Chunk] | None = None,
+) -> tuple[str, str, list[llm.Chunk]]:
+    """Stream an answer as a consumer would: (answer text, reasoning, the chunks).
+
+    `chunks` keeps what arrived when the stream raises.
+    """
+    chunks = [] if chunks is None else chunks
+    async for chunk in completer.stream(request):
+        chunks.append(chunk)
+    text, reasoning = "", ""
+    for chunk in chunks:
+        if chunk.text_was_reasoning:
+            text = ""
+        text += chunk.text
+        reasoning += chunk.reasoning
+    return text, reasoning, chunks
+
+
+INLINE_PIECES = ["\n<thi", "nk>", "Two and", " two.</th", "ink>", "\n\n", "Four", "."]
+
+
+async def test_an_inline_think_block_streams_as_reasoning_then_the_answer(
+    server: FakeOpenAI, transport: llm.Transport
+) -> None:
+    server.script(StreamReply(INLINE_PIECES))
+    client, completer = completer_for(server, transport)
+    async with client:
+        text, reasoning, chunks = await read_all(completer)
+
+    assert (text, reasoning) == ("Four.", "Two and two.")
+    # Thinking is visible as it happens, before any answer text.
+    first_text = next(i for i, chunk in enumerate(chunks) if chunk.text)
+    assert any(chunk.reasoning for chunk in chunks[:first_text])
+    assert all("<" not in chunk.text for chunk in chunks)
+    assert not any(chunk.text_was_reasoning for chunk in chunks)
+
+
+async def test_an_inline_think_block_is_kept_out_of_a_whole_answer(server: FakeOpenAI) -> None:
+    server.script(Reply("<think>Two and two.</think>\n\nFour."))
+    answer = await complete(server)
+
+    assert (answer.text, answer.reasoning) == ("Four.", "Two and two.")
+
+
+async def test_a_closing_tag_alone_takes_back_the_text_before_it(server: FakeOpenAI) -> None:
+    server.script(StreamReply(["Two and", " two.", "</think>", "\n\n", "Four."]))
+    client, completer = completer_for(server)
+    async with client:
+        text, reasoning, chunks = await read_all(completer)
+
+    assert (text, reasoning) == ("Four.", "Two and two.")
+    taken_back = [chunk for chunk in chunks if chunk.text_was_reasoning]
+    assert len(taken_back) == 1
+    assert taken_back[0].reasoning == "Two and two."
+
+
+@pytest.mark.parametrize("field_name", ["reasoning_content", "reasoning"])
+async def test_reasoning_in_its_own_field_is_not_the_answer(
+    server: FakeOpenAI, transport: llm.Transport, field_name: ReasoningField
+) -> None:
+    server.script(
+        StreamReply("Four.", reasoning="Two and two.", reasoning_field=field_name),
+        Reply("Four.", reasoning="Two and two.", reasoning_field=field_name),
+    )
+    client, completer = completer_for(server, transport)
+    async with client:
+        text, reasoning, chunks = await read_all(completer)
+        answer = await completer.complete("2+2?")
+
+    assert (text, reasoning) == ("Four.", "Two and two.")
+    first_text = next(i for i, chunk in enumerate(chunks) if chunk.text)
+    assert "".join(chunk.reasoning for chunk in chunks[:first_text]) == "Two and two."
+    assert (answer.text, answer.reasoning) == ("Four.", "Two and two.")
+    assert answer.usage is not None
+    assert answer.usage.reasoning_tokens == 3
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.reasoning_tokens == 3
+
+
+async def test_reasoning_sent_in_both_fields_is_counted_once() -> None:
+    # OpenRouter-style gateways copy the same text into both names.
+    async def both(request: web.Request) -> web.Response:
+        message = {
+            "role": "assistant",
+            "content": "Four.",
+            "reasoning": "Two and two.",
+            "reasoning_content": "Two and two.",
+        }
+        body = {
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "created": 1,
+            "model": "m",
+            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+        }
+        return web.json_response(body)
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", both)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        answer = await complete(f"http://127.0.0.1:{port}/v1")
+    finally:
+        await runner.cleanup()
+
+    assert (answer.text, answer.reasoning) == ("Four.", "Two and two.")
+
+
+async def test_reasoning_chunks_arrive_while_the_model_is_still_thinking(
+    server: FakeOpenAI,
+) -> None:
+    gate = server.gated_stream()
+    client, completer = completer_for(server)
+    async with client:
+        chunks = aiter(completer.stream("2+2?"))
+        # The generator sends the request when first asked for a chunk.
+        reading = asyncio.ensure_future(anext(chunks))
+        await gate.started()
+        await gate.send("<think>")
+        await gate.send("Hmm")
+        first = await reading
+        await gate.send_reasoning(", two and two")
+        second = await anext(chunks)
+        await gate.send("</think>Four.")
+        third = await anext(chunks)
+        await gate.finish()
+        rest = [chunk async for chunk in chunks]
+
+    assert (first.reasoning, first.text) == ("Hmm", "")
+    assert (second.reasoning, second.text) == (", two and two", "")
+    assert third.text == "Four."
+    assert rest[0].finish_reason == "stop"
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        StreamReply(["<think>", "All", " thought", "</think>"]),
+        StreamReply([], reasoning="All thought"),
+        Reply(None, reasoning="All thought", reasoning_field="reasoning"),
+    ],
+)
+@pytest.mark.parametrize("streamed", [True, False])
+async def test_a_model_that_only_reasoned_gave_no_answer(
+    server: FakeOpenAI, script: StreamReply | Reply, streamed: bool
+) -> None:
+    server.script(script)
+    client, completer = completer_for(server)
+    answering = read_all(completer) if streamed else completer.complete("2+2?")
+    async with client:
+        with pytest.raises(llm.EmptyAnswer) as caught:
+            await answering
+
+    assert caught.value.reasoned
+    assert "reasoned but wrote no answer" in str(caught.value)
+
+
+async def test_running_out_of_tokens_while_reasoning_says_so(server: FakeOpenAI) -> None:
+    server.script(StreamReply("Four.", reasoning="one two three four five"))
+    client, completer = completer_for(server, max_tokens=3)
+    async with client:
+        with pytest.raises(llm.EmptyAnswer) as caught:
+            await read_all(completer)
+
+    assert "ran out of output tokens while reasoning" in str(caught.value)
+
+
+async def test_a_stream_broken_mid_thought_keeps_what_it_thought(server: FakeOpenAI) -> None:
+    server.script(StreamReply(["<think>", "Two and", " two.</thi"], drop_after=3))
+    client, completer = completer_for(server)
+    chunks: list[llm.Chunk] = []
+    async with client:
+        with pytest.raises(llm.ProviderUnavailable):
+            await read_all(completer, chunks=chunks)
+
+    assert "".join(chunk.reasoning for chunk in chunks) == "Two and two.</thi"
+    assert not any(chunk.text for chunk in chunks)
+
+
+async def test_text_held_back_for_a_possible_tag_is_given_at_the_end(server: FakeOpenAI) -> None:
+    server.script(StreamReply(["<", "3"]), StreamReply(["I <", "/thin"]))
+    client, completer = completer_for(server)
+    async with client:
+        heart = await read_all(completer)
+        cut = await read_all(completer)
+
+    assert heart[:2] == ("<3", "")
+    assert cut[:2] == ("I </thin", "")
+
+
+# --- Images -----------------------------------------------------------------------------------
+
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(24)
+
+
+@pytest.mark.parametrize(
+    ("model", "sees"),
+    [
+        ("gpt-4o-mini", True),
+        ("gpt-4.1-nano", True),
+        ("gpt-5", True),
+        ("o1", True),
+        ("o3", True),
+        ("o4-mini", True),
+        ("claude-3-5-sonnet-latest", True),
+        ("claude-sonnet-4-5", True),
+        ("anthropic/claude-opus-4.1", True),
+        ("google/gemini-2.5-flash", True),
+        ("llava:13b", True),
+        ("qwen2.5vl:7b", True),
+        ("Qwen/Qwen2.5-VL-7B-Instruct", True),
+        ("qwen-vl-max", True),
+        ("llama3.2-vision", True),
+        ("meta-llama/Llama-3.2-11B-Vision-Instruct", True),
+        ("gemma3:12b", True),
+        ("pixtral-12b", True),
+        ("minicpm-v", True),
+        ("gpt-3.5-turbo", False),
+        ("gpt-4", False),
+        ("o1-mini", False),
+        ("o3-mini", False),
+        ("llama3.1:8b", False),
+        ("meta-llama/Llama-3.3-70B-Instruct", False),
+        ("qwen2.5:7b", False),
+        ("qwen3:8b", False),
+        ("deepseek-r1:14b", False),
+        ("mistral:7b", False),
+        ("gemma3:1b", False),
+        ("SmolLM2-135M-Instruct.Q4_1", False),
+        ("my-finetune", None),
+        ("gpt-oss-20b", False),
+    ],
+)
+def test_which_models_see_images_by_name(model: str, sees: bool | None) -> None:
+    assert vision.sees_images_by_name(model) is sees
+
+
+@pytest.mark.parametrize(
+    ("setting", "model", "sees"),
+    [
+        ("auto", "gpt-4o-mini", True),
+        ("auto", "gpt-3.5-turbo", False),
+        ("auto", "my-finetune", None),
+        ("", "my-finetune", None),
+        ("true", "gpt-3.5-turbo", True),
+        ("false", "gpt-4o", False),
+    ],
+)
+def test_vision_setting_decides_what_the_completer_sends(
+    setting: str, model: str, sees: bool | None
+) -> None:
+    settings = load_settings(
+        {"DISCORD_TOKEN": "t", "OPENAI_API_KEY": "k", "OPENAI_MODEL": model, "VISION": setting}
+    )
+    client = openai.AsyncOpenAI(api_key="k", base_url="http://127.0.0.1:9/v1")
+
+    assert llm.Completer.from_settings(client, settings).sees_images is sees
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw", "expected"),
+    [
+        ("VISION", "AUTO", None),
+        ("VISION", "yes", True),
+        ("VISION", "off", False),
+        ("SHOW_REASONING", "", "false"),
+        ("SHOW_REASONING", "false", "false"),
+        ("SHOW_REASONING", "File", "file"),
+    ],
+)
+def test_new_settings_are_read(variable: str, raw: str, expected: object) -> None:
+    settings = load_settings({"DISCORD_TOKEN": "t", variable: raw})
+    assert getattr(settings, variable.lower()) == expected
+
+
+@pytest.mark.parametrize(("variable", "raw"), [("VISION", "maybe"), ("SHOW_REASONING", "chat")])
+def test_new_settings_reject_other_values(variable: str, raw: str) -> None:
+    with pytest.raises(ConfigError, match=variable):
+        load_settings({"DISCORD_TOKEN": "t", variable: raw})
+
+
+def test_user_message_carries_text_then_images_as_data_urls() -> None:
+    message = vision.user_message("What is this?", [vision.Image(PNG, "image/png")])
+
+    assert message == {
+        "role": "user",
+        "content": [
+            {"type": "text", "text": "What is this?"},
+            {
+                "type": "image_url",
+                "image_url": {
+                    "url": "data:image/png;base64," + base64.b64encode(PNG).decode(),
+                    "detail": "auto",
+                },
+            },
+        ],
+    }
+    assert vision.user_message("Just text") == {"role": "user", "content": "Just text"}
+
+
+@pytest.mark.parametrize(("data", "media_type"), [(PNG, "image/bmp"), (b"", "image/png")])
+def test_only_real_images_of_accepted_types_make_parts(data: bytes, media_type: str) -> None:
+    with pytest.raises(ValueError, match="image"):
+        vision.Image(data, media_type)
+
+
+def test_an_images_bytes_stay_out_of_its_repr() -> None:
+    assert "PNG" not in repr(vision.Image(PNG, "image/png"))
+
+
+def test_stripping_images_keeps_the_text_and_the_other_messages() -> None:
+    png = vision.Image(PNG, "image/png")
+    conversation: list[llm.ChatMessage] = [
+        {"role": "system", "content": "Be brief."},
+        vision.user_message("What is this?", [png, png]),
+        {"role": "assistant", "content": "A cat."},
+        vision.user_message("", [png]),
+    ]
+
+    stripped = vision.without_images(conversation)
+    marked = vision.without_images(conversation, placeholder="[an image]")
+
+    assert vision.has_images(conversation)
+    assert not vision.has_images(stripped)
+    assert stripped == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "What is this?"},
+        {"role": "assistant", "content": "A cat."},
+        {"role": "user", "content": ""},
+    ]
+    assert marked[1] == {"role": "user", "content": "What is this?\n\n[an image]\n\n[an image]"}
+    assert vision.has_images(conversation), "the original is left as it was"
+
+
+async def test_images_reach_a_model_that_sees(server: FakeOpenAI, transport: llm.Transport) -> None:
+    client, completer = completer_for(server, transport)
+    message = vision.user_message("What is this?", [vision.Image(PNG, "image/jpeg")])
+    async with client:
+        with pytest.raises(llm.ProviderMisconfigured) as broken:
+            await completer.complete([message])  # PNG bytes sent as JPEG: a broken image
+        answer = await completer.complete(
+            [vision.user_message("What is this?", [vision.Image(PNG, "image/png")])]
+        )
+
+    assert not isinstance(broken.value, llm.ImagesNotSupported)
+    assert completer.sees_images is True, "a broken image says nothing of the model"
+    assert answer.text == "What is this?"
+    sent = server.requests[-1].images
+    assert [base64.b64decode(image["url"].split(",", 1)[1]) for image in sent] == [PNG]
+
+
+@pytest.mark.parametrize("rejection", ["openai", "vllm", "llama.cpp", "ollama"])
+@pytest.mark.parametrize("streamed", [True, False])
+async def test_a_model_refusing_images_is_remembered_and_the_text_still_answered(
+    rejection: ImageRejection, streamed: bool
+) -> None:
+    attempts = Attempts()
+    with_image = [vision.user_message("What is this?", [vision.Image(PNG, "image/png")])]
+    async with start_fake_openai(text_only=rejection) as server:
+        client = client_for(server.base_url, "aiohttp")
+        completer = llm.Completer(
+            client,
+            model="my-finetune",
+            system_prompt="",
+            max_retries=2,
+            observer=attempts,
+        )
+
+        async def ask(messages: list[llm.ChatMessage]) -> str:
+            if streamed:
+                return (await read_all(completer, messages))[0]
+            return (await completer.complete(messages)).text
+
+        async with client:
+            assert completer.sees_images is None
+            with pytest.raises(llm.ImagesNotSupported) as refused:
+                await ask(with_image)
+            assert completer.sees_images is False
+            with pytest.raises(llm.ImagesNotSupported):
+                await ask(with_image)  # known now: nothing is sent
+            text = await ask(vision.without_images(with_image))
+
+    assert isinstance(refused.value, llm.ProviderMisconfigured)
+    assert refused.value.request_id == server.requests[0].request_id
+    assert len(server.requests) == 2, "never retried, and not sent again once known"
+    assert not server.requests[1].images
+    assert attempts.statuses[0] in (400, 500)
+    assert len(attempts.statuses) == 2
+    assert text == "What is this?"
+
+
+async def test_vision_off_sends_no_images(server: FakeOpenAI) -> None:
+    client = client_for(server.base_url, "aiohttp")
+    completer = llm.Completer(client, model="gpt-4o", system_prompt="", vision=False)
+    async with client:
+        with pytest.raises(llm.ImagesNotSupported):
+            await completer.complete(
+                [vision.user_message("What is this?", [vision.Image(PNG, "image/png")])]
+            )
+
+    assert server.requests == ()
+
+
+async def test_an_image_like_error_without_images_is_not_about_images(server: FakeOpenAI) -> None:
+    server.script(images_rejected("llama.cpp"))
+    client, completer = completer_for(server)
+    async with client:
+        with pytest.raises(llm.CompletionError) as caught:
+            await completer.complete("hi")
+
+    assert not isinstance(caught.value, llm.ImagesNotSupported)
+    assert completer.sees_images is True

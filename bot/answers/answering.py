@@ -229,6 +229,10 @@ class Answerer:
             current, request = request, None
             try:
                 async for chunk in self._completer.stream(current, deadline=deadline):
+                    if chunk.text_was_reasoning:
+                        # The model's template opened its reasoning unseen: what looked
+                        # like answer text so far was reasoning, and is no part of it.
+                        progress.text = ""
                     if chunk.text:
                         progress.text += chunk.text
                         live.update(progress.text)

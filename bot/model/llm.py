@@ -10,14 +10,29 @@ mapped to exactly one of them, so callers never see `openai` exceptions:
     ├── TimedOut                    no complete answer before the deadline
     ├── PromptTooLong               prompt exceeds the model's context window
     ├── ProviderMisconfigured       bad key, unknown model, wrong URL, no quota, rejected request
+    │   └── ImagesNotSupported      the model takes no image input (said by the provider or known)
     ├── ProviderUnavailable         connection failure, a 5xx, or a stream that ended early
-    ├── EmptyAnswer                 the model produced no text
+    ├── EmptyAnswer                 the model produced no answer text (reasoning alone is none)
     └── Refused                     the model declined (refusal or content filter)
 
 Each error carries the provider's request id, when there is one, for the operator's log; its
 `str()` names the URL and the cause (connection refused, DNS, TLS, a 404 on the path).
 
 The contract of one answer:
+
+- **Reasoning.** What a reasoning model thinks before it answers is never answer text. It
+  arrives in a delta field of its own (`reasoning_content` from vLLM and DeepSeek,
+  `reasoning` from OpenRouter, Ollama and llama.cpp) or inline in the content between
+  `<think>` and `</think>` (see `bot.model.reasoning`); either way it goes to
+  `Chunk.reasoning` / `Answer.reasoning`, and `Chunk.text` / `Answer.text` hold the answer
+  alone. A stream yields reasoning chunks as the model writes them, so a consumer can show
+  that the model is thinking. `EmptyAnswer` is judged on the answer text alone.
+- **Images.** Image parts (`bot.model.vision`) go to models that may see them:
+  `Completer.sees_images` is `VISION`, or with `auto` a guess from the model's name (`None`:
+  unknown, try). A provider that rejects image input raises `ImagesNotSupported`, and from
+  then on the `Completer` knows (`sees_images` is `False`) and raises it at once, sending
+  nothing, for any request with images; the caller strips them (`vision.without_images`),
+  tells the person, and asks again with the text.
 
 - **Deadline.** The answer must be complete, from the first request to the last token,
   retries and waits included, by its deadline: `timeout` seconds (OPENAI_TIMEOUT) after the
@@ -60,13 +75,28 @@ from typing import ClassVar, Literal, Protocol, TypeVar
 
 import aiohttp
 import openai
-from openai.types.chat import ChatCompletion, ChatCompletionChunk, ChatCompletionMessageParam
+from openai.types.chat import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionContentPartParam,
+    ChatCompletionMessageParam,
+)
+from openai.types.completion_usage import CompletionUsage
 
 from bot.config import Settings
+from bot.model.reasoning import Split, ThinkParser
+from bot.model.vision import has_images, rejects_images, sees_images_by_name
 
 ChatMessage = ChatCompletionMessageParam
 """One message of a conversation sent to the model (`{"role": ..., "content": ...}`); the
 other layers use this name and never import `openai`."""
+
+ContentPart = ChatCompletionContentPartParam
+"""One part of a message's content given as a list: text, or an image (`bot.model.vision`)."""
+
+REASONING_FIELDS = ("reasoning_content", "reasoning")
+"""Where compatible servers put reasoning outside the content: vLLM and DeepSeek use the
+first, OpenRouter and newer Ollama and llama.cpp the second (some send both, the same)."""
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +150,25 @@ class ProviderUnavailable(CompletionError):
     kind = "unavailable"
 
 
+class ImagesNotSupported(ProviderMisconfigured):
+    """The model cannot take image input: the provider said so, or it is known.
+
+    Answer again without the images (`vision.without_images`) and say they were not seen.
+    """
+
+    kind = "images_not_supported"
+
+
 class EmptyAnswer(CompletionError):
+    """No answer text; `reasoned` when the model wrote reasoning and then nothing else."""
+
     kind = "empty"
+
+    def __init__(
+        self, detail: str, *, request_id: str | None = None, reasoned: bool = False
+    ) -> None:
+        super().__init__(detail, request_id=request_id)
+        self.reasoned = reasoned
 
 
 class Refused(CompletionError):
@@ -130,8 +177,11 @@ class Refused(CompletionError):
 
 @dataclass(frozen=True)
 class Usage:
+    """Tokens the provider counted; `completion_tokens` includes `reasoning_tokens`."""
+
     prompt_tokens: int
     completion_tokens: int
+    reasoning_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -140,11 +190,15 @@ class Usage:
 
 @dataclass(frozen=True)
 class Answer:
-    """The model's text; `truncated` when it stopped at the output token limit."""
+    """The model's answer text; `truncated` when it stopped at the output token limit.
+
+    `reasoning` is what it thought first (stripped; `""` for none), never part of `text`.
+    """
 
     text: str
     finish_reason: str | None
     usage: Usage | None = None
+    reasoning: str = ""
 
     @property
     def truncated(self) -> bool:
@@ -153,11 +207,20 @@ class Answer:
 
 @dataclass(frozen=True)
 class Chunk:
-    """A piece of a streamed answer; the last ones carry `finish_reason` and `usage`."""
+    """A piece of a streamed answer; the last ones carry `finish_reason` and `usage`.
+
+    The answer is the concatenation of the chunks' `text`, the reasoning that of their
+    `reasoning`: a chunk with `reasoning` means the model is thinking (show a status), one
+    with `text` that it is answering. `text_was_reasoning` means the `text` of the chunks
+    before this one was reasoning after all (a model whose chat template opens `<think>`
+    for it sends only `</think>`): discard that text; this chunk's `reasoning` repeats it.
+    """
 
     text: str = ""
     finish_reason: str | None = None
     usage: Usage | None = None
+    reasoning: str = ""
+    text_was_reasoning: bool = False
 
 
 class AttemptObserver(Protocol):
@@ -255,6 +318,7 @@ async def open_completer(
                 timeout=settings.openai_timeout,
                 max_retries=settings.openai_max_retries,
                 observer=observer,
+                vision=settings.vision,
             )
 
 
@@ -263,7 +327,8 @@ class Completer:
 
     `timeout` is the most seconds one answer may take, retries included (`None`: only the
     caller's deadline and the client's own timeouts bound it); `max_retries` how many more
-    attempts a failure that may pass gets; `observer` hears of every attempt.
+    attempts a failure that may pass gets; `observer` hears of every attempt. `vision` says
+    whether the model sees images (`None`: judge by its name, see `sees_images`).
     """
 
     def __init__(
@@ -277,6 +342,7 @@ class Completer:
         timeout: float | None = None,
         max_retries: int = 0,
         observer: AttemptObserver | None = None,
+        vision: bool | None = None,
     ) -> None:
         self._client = client
         self._model = model
@@ -288,6 +354,7 @@ class Completer:
         self._timeout = timeout
         self._max_retries = max_retries
         self._observer = observer
+        self._sees_images = vision if vision is not None else sees_images_by_name(model)
 
     @classmethod
     def from_settings(
@@ -305,6 +372,7 @@ class Completer:
             timeout=settings.openai_timeout,
             max_retries=settings.openai_max_retries,
             observer=observer,
+            vision=settings.vision,
         )
 
     @property
@@ -315,6 +383,15 @@ class Completer:
     def base_url(self) -> str:
         """The endpoint requests go to, ending in `/v1` (no trailing slash)."""
         return str(self._client.base_url).rstrip("/")
+
+    @property
+    def sees_images(self) -> bool | None:
+        """Whether image parts may be sent: `True`, `False`, or `None` for unknown (try).
+
+        `VISION=true`/`false` decides, or with `auto` the model's name; once the provider
+        has rejected image input it is `False` for the rest of the process.
+        """
+        return self._sees_images
 
     @property
     def system_prompt(self) -> str:
@@ -336,7 +413,8 @@ class Completer:
     ) -> Answer:
         """Answer `request` (see `messages`); return the answer or raise a `CompletionError`.
 
-        `deadline` (event-loop time) ends the answer earlier than `timeout` would.
+        `deadline` (event-loop time) ends the answer earlier than `timeout` would. The
+        reasoning, in whichever form it came, is in `Answer.reasoning`, never in its `text`.
         """
         messages = self.messages(request)
         ends = self._deadline(deadline)
@@ -349,28 +427,42 @@ class Completer:
                 extra_headers=headers,
             )
 
-        completion = await self._send(create, ends, deadline)
+        completion = await self._send(create, ends, deadline, images=has_images(messages))
         request_id = completion._request_id
         if not completion.choices:
             raise _log_failure(EmptyAnswer("response had no choices", request_id=request_id))
         choice = completion.choices[0]
-        text = choice.message.content or ""
-        _check_answer(text, choice.message.refusal, choice.finish_reason, request_id)
-        usage = None
-        if completion.usage is not None:
-            usage = Usage(completion.usage.prompt_tokens, completion.usage.completion_tokens)
-        return Answer(text=text, finish_reason=choice.finish_reason, usage=usage)
+        parser = ThinkParser()
+        reasoning = _reasoning_field(choice.message.model_extra)
+        if reasoning:
+            parser.separate_reasoning()
+        text = ""
+        for split in (parser.feed(choice.message.content or ""), parser.finish()):
+            text = ("" if split.text_was_reasoning else text) + split.text
+            reasoning += split.reasoning
+        _check_answer(
+            text, choice.message.refusal, choice.finish_reason, request_id, bool(reasoning.strip())
+        )
+        return Answer(
+            text=text,
+            finish_reason=choice.finish_reason,
+            usage=_usage(completion.usage),
+            reasoning=reasoning.strip(),
+        )
 
     async def stream(
         self, request: str | Sequence[ChatMessage], *, deadline: float | None = None
     ) -> AsyncGenerator[Chunk, None]:
         """Answer `request` (see `messages`), yielding the answer as it is written.
 
+        Reasoning is yielded as it comes, in `Chunk.reasoning`, before the answer's text
+        (see `Chunk` for the one case where text turns out to have been reasoning).
         Raises a `CompletionError` before the first chunk or mid-stream (after the text so
         far): `TimedOut` at the deadline, `ProviderUnavailable` when the stream breaks or
-        ends without a finish reason. A stream that ends without any text raises
-        `EmptyAnswer`. Closing the iterator early (or cancelling its consumer) closes the
-        HTTP response, which cancels the request.
+        ends without a finish reason, `ImagesNotSupported` before any chunk when the model
+        takes no images. A stream that ends without any answer text (reasoning alone
+        included) raises `EmptyAnswer`. Closing the iterator early (or cancelling its
+        consumer) closes the HTTP response, which cancels the request.
         """
         ends = self._deadline(deadline)
         messages = self.messages(request)
@@ -385,11 +477,14 @@ class Completer:
                 stream_options={"include_usage": True},
             )
 
-        stream = await self._send(create, ends, deadline)
+        stream = await self._send(create, ends, deadline, images=has_images(messages))
         request_id = stream.response.headers.get("x-request-id")
-        text_seen = False
+        parser = ThinkParser()
+        answer = _Accumulated()
         refusal = ""
         finish_reason: str | None = None
+        failure: CompletionError | None = None
+        cause: BaseException | None = None
         events = aiter(stream)
         try:
             async with stream:
@@ -400,30 +495,40 @@ class Completer:
                         event = await anext(events, None)
                     if event is None:
                         break
-                    usage = None
-                    if event.usage is not None:
-                        usage = Usage(event.usage.prompt_tokens, event.usage.completion_tokens)
+                    usage = _usage(event.usage)
                     if not event.choices:
                         if usage is not None:
                             yield Chunk(usage=usage)
                         continue
                     choice = event.choices[0]
-                    piece = choice.delta.content or ""
+                    reasoning = _reasoning_field(choice.delta.model_extra)
+                    if reasoning:
+                        parser.separate_reasoning()
+                    split = parser.feed(choice.delta.content or "")
+                    if choice.finish_reason and finish_reason is None:
+                        split = _joined(split, parser.finish())
                     refusal += choice.delta.refusal or ""
                     finish_reason = choice.finish_reason or finish_reason
-                    text_seen = text_seen or bool(piece.strip())
-                    if piece or choice.finish_reason or usage is not None:
-                        yield Chunk(piece, choice.finish_reason, usage)
+                    chunk = answer.add(split, reasoning, choice.finish_reason, usage)
+                    if chunk is not None:
+                        yield chunk
         except TimeoutError as exc:
-            raise _log_failure(self._timed_out(deadline, ends, request_id)) from exc
+            failure, cause = self._timed_out(deadline, ends, request_id), exc
         except openai.OpenAIError as exc:
             # A connection dropped mid-stream arrives as APIConnectionError. After the
             # finish reason only the usage report was still to come: the answer is whole.
             if finish_reason is None or not isinstance(exc, openai.APIConnectionError):
-                error = translate_error(exc)
-                error.request_id = error.request_id or request_id
-                raise _log_failure(error) from exc
-            log.debug("model stream broke after its finish reason (request id %s)", request_id)
+                failure, cause = translate_error(exc), exc
+                failure.request_id = failure.request_id or request_id
+            else:
+                log.debug("model stream broke after its finish reason (request id %s)", request_id)
+        if finish_reason is None:
+            # Whatever was held back in case a tag followed is all there will be.
+            chunk = answer.add(parser.finish(), "", None, None)
+            if chunk is not None:
+                yield chunk
+        if failure is not None:
+            raise _log_failure(failure) from cause
         if finish_reason is None:
             raise _log_failure(
                 ProviderUnavailable(
@@ -432,7 +537,7 @@ class Completer:
                     request_id=request_id,
                 )
             )
-        _check_answer("x" if text_seen else "", refusal or None, finish_reason, request_id)
+        _check_answer(answer.text, refusal or None, finish_reason, request_id, answer.reasoned)
 
     def _deadline(self, deadline: float | None) -> float | None:
         """When this answer must be done, in event-loop time; `None` for never."""
@@ -446,8 +551,18 @@ class Completer:
         create: Callable[[dict[str, str]], Awaitable[T]],
         ends: float | None,
         deadline: float | None,
+        *,
+        images: bool,
     ) -> T:
-        """Make the request, retrying what may pass, until the response starts or `ends`."""
+        """Make the request, retrying what may pass, until the response starts or `ends`.
+
+        `images`: the request carries image parts, which a model known to be blind never
+        gets sent.
+        """
+        if images and self._sees_images is False:
+            raise _log_failure(
+                ImagesNotSupported(f"{self._model} cannot see images (VISION, or a past refusal)")
+            )
         loop = asyncio.get_running_loop()
         attempt = 0
         while True:
@@ -464,7 +579,9 @@ class Completer:
             except openai.OpenAIError as exc:
                 status = exc.status_code if isinstance(exc, openai.APIStatusError) else None
                 self._observe(status, loop.time() - started)
-                error = translate_error(exc)
+                error = translate_error(exc, images=images)
+                if isinstance(error, ImagesNotSupported):
+                    self._learn_blind(error)
                 wait = self._retry_wait(error, exc, attempt, ends)
                 if wait is None:
                     if attempt:
@@ -487,7 +604,7 @@ class Completer:
         self, error: CompletionError, exc: openai.OpenAIError, attempt: int, ends: float | None
     ) -> float | None:
         """Seconds to wait before the next attempt, or `None` to give up now."""
-        if attempt >= self._max_retries:
+        if attempt >= self._max_retries or isinstance(error, ImagesNotSupported):
             return None
         response = getattr(exc, "response", None)
         headers = getattr(response, "headers", None)
@@ -500,6 +617,16 @@ class Completer:
         if ends is not None and asyncio.get_running_loop().time() + wait >= ends:
             return None
         return wait
+
+    def _learn_blind(self, error: ImagesNotSupported) -> None:
+        if self._sees_images is not False:
+            log.warning(
+                "the model %s rejected image input; images will not be sent to it again "
+                "until restart (set VISION=false to skip trying): %s",
+                self._model,
+                error,
+            )
+        self._sees_images = False
 
     def _observe(self, status: int | None, seconds: float) -> None:
         if self._observer is None:
@@ -530,26 +657,97 @@ _RETRYABLE = (RateLimited, ProviderUnavailable)
 """Errors that may pass on another attempt: throttling, 408, 409, 5xx, connection failures."""
 
 
+class _Accumulated:
+    """The answer text and reasoning of a stream so far, turning splits into chunks."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.reasoned = False
+
+    def add(
+        self, split: Split, reasoning: str, finish_reason: str | None, usage: Usage | None
+    ) -> Chunk | None:
+        """The chunk to yield for this much of the stream, or `None` when nothing came."""
+        if split.text_was_reasoning:
+            self.text = ""
+        self.text += split.text
+        reasoning += split.reasoning
+        self.reasoned = self.reasoned or bool(reasoning.strip())
+        if not (split or reasoning or finish_reason or usage is not None):
+            return None
+        return Chunk(
+            text=split.text,
+            finish_reason=finish_reason,
+            usage=usage,
+            reasoning=reasoning,
+            text_was_reasoning=split.text_was_reasoning,
+        )
+
+
+def _joined(first: Split, last: Split) -> Split:
+    """`first`, then what `ThinkParser.finish` gave out after it (never `text_was_reasoning`)."""
+    return Split(
+        text=first.text + last.text,
+        reasoning=first.reasoning + last.reasoning,
+        text_was_reasoning=first.text_was_reasoning,
+    )
+
+
+def _reasoning_field(extra: dict[str, object] | None) -> str:
+    """The reasoning a delta or message carries outside its content, `""` for none."""
+    if not extra:
+        return ""
+    for name in REASONING_FIELDS:
+        value = extra.get(name)
+        if isinstance(value, str) and value:
+            return value
+    return ""
+
+
+def _usage(usage: CompletionUsage | None) -> Usage | None:
+    if usage is None:
+        return None
+    details = usage.completion_tokens_details
+    reasoning = details.reasoning_tokens if details is not None else None
+    return Usage(usage.prompt_tokens, usage.completion_tokens, reasoning or 0)
+
+
 def _check_answer(
-    text: str, refusal: str | None, finish_reason: str | None, request_id: str | None
+    text: str,
+    refusal: str | None,
+    finish_reason: str | None,
+    request_id: str | None,
+    reasoned: bool = False,
 ) -> None:
-    """Raise when a finished completion holds no usable answer."""
+    """Raise when a finished completion holds no usable answer; reasoning is none."""
     if refusal:
         raise _log_failure(Refused(refusal, request_id=request_id))
     if not text.strip():
         if finish_reason == "content_filter":
             raise _log_failure(Refused("content filter", request_id=request_id))
-        raise _log_failure(EmptyAnswer("empty content", request_id=request_id))
+        detail = "empty content"
+        if reasoned:
+            detail = "the model reasoned but wrote no answer"
+            if finish_reason == "length":
+                detail += " (it ran out of output tokens while reasoning: MAX_OUTPUT_TOKENS)"
+        raise _log_failure(EmptyAnswer(detail, request_id=request_id, reasoned=reasoned))
 
 
-def translate_error(exc: openai.OpenAIError) -> CompletionError:
+def translate_error(exc: openai.OpenAIError, *, images: bool = False) -> CompletionError:
     """Map an SDK exception to our own error type; the single place that knows the SDK's.
 
-    The detail names the request's URL and, for a connection failure, its cause.
+    The detail names the request's URL and, for a connection failure, its cause. `images`:
+    the request carried image parts, so a refusal of them (whatever its status: llama.cpp
+    and Ollama answer 500) is `ImagesNotSupported`.
     """
     request_id = getattr(exc, "request_id", None)
     where = _where(getattr(exc, "request", None))
     detail = f"{type(exc).__name__}: {exc}{where}"
+    if images and isinstance(exc, openai.APIStatusError) and rejects_images(str(exc)):
+        return ImagesNotSupported(
+            f"{detail}; the model takes no images (VISION=false stops sending them)",
+            request_id=request_id,
+        )
     if isinstance(exc, openai.APIConnectionError):
         cause = _connection_failure(exc)
         if cause is None:

@@ -42,6 +42,8 @@ How the SDK (openai 3.x) surfaces each failure, for the code that has to handle 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import json
 import re
 import secrets
@@ -55,6 +57,10 @@ from typing import Any, Literal, TypeAlias
 from aiohttp import web
 
 FinishReason: TypeAlias = Literal["stop", "length", "content_filter"]
+ReasoningField: TypeAlias = Literal["reasoning_content", "reasoning"]
+"""The delta field reasoning goes out in: vLLM's and DeepSeek's, or OpenRouter's and Ollama's."""
+ImageRejection: TypeAlias = Literal["openai", "vllm", "llama.cpp", "ollama"]
+"""Whose words a text-only model refuses image input in (see :func:`images_rejected`)."""
 Outcome: TypeAlias = Literal[
     "answered", "client_disconnected", "dropped", "server_closed", "fake_failed"
 ]
@@ -74,10 +80,14 @@ BACKLOG = 1024  # connections the listening socket holds until accepted
 
 @dataclass(frozen=True)
 class Usage:
-    """Token counts to report instead of the fake's own estimate."""
+    """Token counts to report instead of the fake's own estimate.
+
+    ``completion_tokens`` includes ``reasoning_tokens``, as OpenAI counts them.
+    """
 
     prompt_tokens: int
     completion_tokens: int
+    reasoning_tokens: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -86,7 +96,7 @@ class Usage:
             "total_tokens": self.prompt_tokens + self.completion_tokens,
             "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 0},
             "completion_tokens_details": {
-                "reasoning_tokens": 0,
+                "reasoning_tokens": self.reasoning_tokens,
                 "audio_tokens": 0,
                 "accepted_prediction_tokens": 0,
                 "rejected_prediction_tokens": 0,
@@ -96,11 +106,18 @@ class Usage:
 
 @dataclass(frozen=True)
 class Reply:
-    """A complete answer. ``text=None`` sends ``content: null``; streamed, it goes out in tokens."""
+    """A complete answer. ``text=None`` sends ``content: null``; streamed, it goes out in tokens.
+
+    ``reasoning`` is sent before the answer in the ``reasoning_field`` of the message (of the
+    deltas, when streamed), as a server that separates a reasoning model's thoughts does.
+    Inline ``<think>`` reasoning is just part of ``text``.
+    """
 
     text: str | None
     finish_reason: FinishReason = "stop"
     usage: Usage | None = None
+    reasoning: str | None = None
+    reasoning_field: ReasoningField = "reasoning_content"
 
 
 @dataclass(frozen=True)
@@ -127,6 +144,10 @@ class StreamReply:
     ends the stream properly once N pieces are out, but with no finish chunk, no usage chunk and
     no ``[DONE]`` (a server or proxy that gives up politely); a non-streamed request is answered
     whole, as there is no early ending of a JSON body that is not a broken one.
+
+    ``reasoning`` pieces (a string is split into tokens) go out first, each in its own delta's
+    ``reasoning_field``; they count as pieces for ``drop_after``, ``end_after`` and the token
+    limit, and as ``reasoning_tokens`` in the usage.
     """
 
     pieces: str | Sequence[str]
@@ -135,9 +156,14 @@ class StreamReply:
     drop_after: int | None = None
     usage: Usage | None = None
     end_after: int | None = None
+    reasoning: str | Sequence[str] = ()
+    reasoning_field: ReasoningField = "reasoning_content"
 
     def tokens(self) -> list[str]:
         return tokenize(self.pieces) if isinstance(self.pieces, str) else list(self.pieces)
+
+    def reasoning_tokens(self) -> list[str]:
+        return tokenize(self.reasoning) if isinstance(self.reasoning, str) else list(self.reasoning)
 
 
 @dataclass(frozen=True)
@@ -177,6 +203,15 @@ class Hang:
 
 
 @dataclass(frozen=True)
+class TextOnly:
+    """A text-only model: a request with image parts is refused as ``rejection`` words it;
+    one without is answered by ``then``."""
+
+    rejection: ImageRejection = "openai"
+    then: Behaviour = field(default_factory=Echo)
+
+
+@dataclass(frozen=True)
 class Delay:
     """Waits ``seconds`` (simulated model latency), then behaves as ``then``."""
 
@@ -190,8 +225,9 @@ class StreamGateClosed(Exception):
 
 @dataclass
 class _GateCommand:
-    kind: Literal["piece", "finish_reason", "finish", "drop", "end", "closing"]
+    kind: Literal["piece", "reasoning", "finish_reason", "finish", "drop", "end", "closing"]
     piece: str = ""
+    reasoning_field: ReasoningField = "reasoning_content"
     finish_reason: FinishReason = "stop"
     usage: Usage | None = None
     done: asyncio.Future[None] | None = None
@@ -222,6 +258,12 @@ class StreamGate:
     async def send(self, piece: str) -> None:
         """Send one content piece (one chunk when streamed)."""
         await self._submit(_GateCommand("piece", piece=piece))
+
+    async def send_reasoning(
+        self, piece: str, reasoning_field: ReasoningField = "reasoning_content"
+    ) -> None:
+        """Send one reasoning piece in its own field (one chunk when streamed)."""
+        await self._submit(_GateCommand("reasoning", piece=piece, reasoning_field=reasoning_field))
 
     async def send_finish_reason(self, finish_reason: FinishReason = "stop") -> None:
         """Send only the chunk that carries the finish reason, to be followed by :meth:`drop`
@@ -265,7 +307,16 @@ class StreamGate:
 
 
 Behaviour: TypeAlias = (
-    Reply | Refusal | Echo | StreamReply | ApiError | RawError | Hang | Delay | StreamGate
+    Reply
+    | Refusal
+    | Echo
+    | StreamReply
+    | ApiError
+    | RawError
+    | Hang
+    | Delay
+    | StreamGate
+    | TextOnly
 )
 
 
@@ -378,6 +429,59 @@ def model_not_found(model: str = "gpt-does-not-exist") -> ApiError:
     )
 
 
+def images_rejected(
+    rejection: ImageRejection = "openai", *, model: str = "gpt-3.5-turbo", param: str | None = None
+) -> ApiError | RawError:
+    """A text-only model refusing image input, as each kind of server answers it.
+
+    - ``openai``: 400 ``invalid_request_error``, "Invalid content type. image_url is only
+      supported by certain models.", ``param`` naming the part's type;
+    - ``vllm``: 400 with vLLM's own body (no ``error`` wrapper), "<model> is not a multimodal
+      model";
+    - ``llama.cpp`` (a server started without ``--mmproj``): 500 ``server_error``, "image input
+      is not supported - hint: if this is unexpected, you may need to provide the mmproj";
+    - ``ollama``: 500 ``api_error``, "... this model is missing data required for image input".
+    """
+    match rejection:
+        case "openai":
+            return ApiError(
+                status=400,
+                message="Invalid content type. image_url is only supported by certain models.",
+                type="invalid_request_error",
+                param=param or "messages.[0].content.[1].type",
+            )
+        case "vllm":
+            body = {
+                "object": "error",
+                "message": f"{model} is not a multimodal model None",
+                "type": "BadRequestError",
+                "param": None,
+                "code": 400,
+            }
+            return RawError(status=400, body=json.dumps(body), content_type="application/json")
+        case "llama.cpp":
+            error = {
+                "code": 500,
+                "message": (
+                    "image input is not supported - hint: if this is unexpected, "
+                    "you may need to provide the mmproj"
+                ),
+                "type": "server_error",
+            }
+            return RawError(
+                status=500, body=json.dumps({"error": error}), content_type="application/json"
+            )
+        case "ollama":
+            return ApiError(
+                status=500,
+                message=(
+                    "Failed to create new sequence: failed to process inputs: "
+                    "this model is missing data required for image input"
+                ),
+                type="api_error",
+            )
+
+
 def _missing_api_key() -> ApiError:
     return ApiError(
         status=401,
@@ -425,6 +529,12 @@ class RecordedRequest:
         assert isinstance(self.body, dict), f"request body is not a JSON object: {self.body!r}"
         return self.body
 
+    @property
+    def images(self) -> list[dict[str, Any]]:
+        """The ``image_url`` objects of the request's messages, in order."""
+        messages = self.body.get("messages") if isinstance(self.body, dict) else None
+        return [part["image_url"] for part in _image_parts(messages)]
+
     async def finished(self) -> Outcome:
         """Wait until the request has ended, and say how."""
         await self._ended.wait()
@@ -465,9 +575,30 @@ def _message_text(content: Any) -> str:
     return ""
 
 
+def _image_parts(messages: Any) -> list[dict[str, Any]]:
+    """The image parts of a list of messages (of well-formed ones; others are skipped)."""
+    if not isinstance(messages, list):
+        return []
+    return [
+        part
+        for message in messages
+        if isinstance(message, dict) and isinstance(message.get("content"), list)
+        for part in message["content"]
+        if isinstance(part, dict) and part.get("type") == "image_url"
+    ]
+
+
+# What a low-detail image costs in OpenAI's accounting.
+IMAGE_TOKENS = 85
+
+
 def _estimate_prompt_tokens(messages: list[Any]) -> int:
     # A few tokens of framing per message, as OpenAI's own accounting has.
-    return 3 + sum(4 + len(tokenize(_message_text(m.get("content")))) for m in messages)
+    return (
+        3
+        + sum(4 + len(tokenize(_message_text(m.get("content")))) for m in messages)
+        + IMAGE_TOKENS * len(_image_parts(messages))
+    )
 
 
 class _Changes:
@@ -648,6 +779,140 @@ def _check_messages(body: dict[str, Any]) -> ApiError | None:
         content = message.get("content")
         if not (isinstance(content, str | list) or (content is None and role == "assistant")):
             return _wrong_type(f"{where}.content", "one of a string or array of objects", content)
+        if isinstance(content, list):
+            error = _check_parts(where, role, content)
+            if error is not None:
+                return error
+    return None
+
+
+# The content part types each role may send.
+_PART_TYPES = {
+    "user": ("text", "image_url", "input_audio", "file"),
+    "assistant": ("text", "refusal"),
+}
+_DETAILS = ("auto", "low", "high", "original")
+_DATA_URL = re.compile(r"data:(?P<type>[^;,]*)(?P<params>(;[^;,]*)*),(?P<data>.*)", re.DOTALL)
+_IMAGE_MAGIC = {
+    "image/png": (b"\x89PNG\r\n\x1a\n",),
+    "image/jpeg": (b"\xff\xd8\xff",),
+    "image/gif": (b"GIF87a", b"GIF89a"),
+    "image/webp": (b"RIFF",),
+}
+
+
+def _supported(values: Sequence[str]) -> str:
+    quoted = [f"'{value}'" for value in values]
+    return ", ".join(quoted[:-1]) + f", and {quoted[-1]}"
+
+
+def _check_parts(where: str, role: str, parts: list[Any]) -> ApiError | None:
+    allowed = _PART_TYPES.get(role, ("text",))
+    for index, part in enumerate(parts):
+        at = f"{where}.content[{index}]"
+        if not isinstance(part, dict):
+            return _wrong_type(at, "an object", part)
+        kind = part.get("type")
+        if kind is None:
+            return _invalid_request(
+                f"Missing required parameter: '{at}.type'.",
+                param=f"{at}.type",
+                code="missing_required_parameter",
+            )
+        if kind == "image_url" and role != "user":
+            return _invalid_request(
+                f"Invalid '{at}'. Image URLs are only allowed for messages with role 'user', "
+                f"but this message with role '{role}' contains an image URL.",
+                param=at,
+                code="invalid_value",
+            )
+        if kind not in allowed:
+            return _invalid_request(
+                f"Invalid value: {json.dumps(kind)}. Supported values are: {_supported(allowed)}.",
+                param=f"{at}.type",
+                code="invalid_value",
+            )
+        if kind == "text" and not isinstance(part.get("text"), str):
+            if "text" not in part:
+                return _invalid_request(
+                    f"Missing required parameter: '{at}.text'.",
+                    param=f"{at}.text",
+                    code="missing_required_parameter",
+                )
+            return _wrong_type(f"{at}.text", "a string", part["text"])
+        if kind == "image_url":
+            error = _check_image(f"{at}.image_url", part.get("image_url"))
+            if error is not None:
+                return error
+    return None
+
+
+def _check_image(at: str, image: Any) -> ApiError | None:
+    """OpenAI's checks of one ``image_url`` object: a data URL of an image, or a web URL."""
+    if image is None:
+        return _invalid_request(
+            f"Missing required parameter: '{at}'.", param=at, code="missing_required_parameter"
+        )
+    if not isinstance(image, dict):
+        return _wrong_type(at, "an object", image)
+    url = image.get("url")
+    if url is None:
+        return _invalid_request(
+            f"Missing required parameter: '{at}.url'.",
+            param=f"{at}.url",
+            code="missing_required_parameter",
+        )
+    if not isinstance(url, str):
+        return _wrong_type(f"{at}.url", "a string", url)
+    detail = image.get("detail")
+    if detail is not None and detail not in _DETAILS:
+        return _invalid_request(
+            f"Invalid value: {json.dumps(detail)}. Supported values are: {_supported(_DETAILS)}.",
+            param=f"{at}.detail",
+            code="invalid_value",
+        )
+    if url.startswith(("https://", "http://")):
+        # A web image would be fetched by the provider; this fake never goes out for it.
+        return None
+    return _check_data_url(f"{at}.url", url)
+
+
+def _check_data_url(at: str, url: str) -> ApiError | None:
+    def invalid(got: str) -> ApiError:
+        return _invalid_request(
+            f"Invalid image URL: '{at}'. Expected a base64-encoded data URL with an image MIME "
+            f"type (e.g. 'data:image/png;base64,aW1nIGJ5dGVzIGhlcmU='), but got {got}.",
+            param=at,
+            code="invalid_value",
+        )
+
+    match = _DATA_URL.fullmatch(url)
+    if match is None:
+        return invalid("a value without the 'data:' prefix")
+    if ";base64" not in match["params"]:
+        return invalid("a value that is not base64-encoded")
+    if not match["data"]:
+        return invalid("empty base64-encoded bytes")
+    try:
+        data = base64.b64decode(match["data"], validate=True)
+    except (binascii.Error, ValueError):
+        return invalid("an invalid base64-encoded value")
+    media_type = match["type"].lower()
+    if media_type not in _IMAGE_MAGIC:
+        return _invalid_request(
+            "Invalid MIME type. Only image types are supported.",
+            param=at,
+            code="invalid_image_format",
+        )
+    looks_right = any(data.startswith(magic) for magic in _IMAGE_MAGIC[media_type])
+    if media_type == "image/webp":
+        looks_right = looks_right and data[8:12] == b"WEBP"
+    if not looks_right:
+        return _invalid_request(
+            "You uploaded an unsupported image. Please make sure your image is valid.",
+            param=at,
+            code="invalid_image_format",
+        )
     return None
 
 
@@ -722,6 +987,16 @@ class _Answer:
     interval: float = 0.0
     drop_after: int | None = None
     end_after: int | None = None
+    reasoning: list[str] = field(default_factory=list)
+    reasoning_field: ReasoningField = "reasoning_content"
+
+    def cut(self, limit: int) -> None:
+        """Stop at ``limit`` tokens, reasoning first, as a model out of output tokens does."""
+        if len(self.reasoning) + len(self.pieces) <= limit or self.is_refusal:
+            return
+        self.reasoning = self.reasoning[:limit]
+        self.pieces = self.pieces[: limit - len(self.reasoning)]
+        self.finish_reason = "length"
 
 
 class _Exchange:
@@ -744,8 +1019,13 @@ class _Exchange:
     def prompt_tokens(self) -> int:
         return _estimate_prompt_tokens(self.messages)
 
-    def usage(self, given: Usage | None, completion_tokens: int) -> Usage:
-        return given or Usage(self.prompt_tokens(), completion_tokens)
+    def usage(
+        self, given: Usage | None, completion_tokens: int, reasoning_tokens: int = 0
+    ) -> Usage:
+        """``given``, or the fake's own count: a token per piece, reasoning included."""
+        return given or Usage(
+            self.prompt_tokens(), completion_tokens + reasoning_tokens, reasoning_tokens
+        )
 
     def chunk(self, choices: list[dict[str, Any]], usage: Usage | None = None) -> dict[str, Any]:
         chunk: dict[str, Any] = {
@@ -763,8 +1043,16 @@ class _Exchange:
 
     def completion(self, answer: _Answer) -> dict[str, Any]:
         text = "".join(answer.pieces)
-        usage = self.usage(answer.usage, len(answer.pieces))
+        usage = self.usage(answer.usage, len(answer.pieces), len(answer.reasoning))
         self.record.usage = usage
+        message: dict[str, Any] = {
+            "role": "assistant",
+            "content": None if answer.content_is_null or answer.is_refusal else text,
+            "refusal": text if answer.is_refusal else None,
+            "annotations": [],
+        }
+        if answer.reasoning:
+            message[answer.reasoning_field] = "".join(answer.reasoning)
         return {
             "id": self.completion_id,
             "object": "chat.completion",
@@ -773,12 +1061,7 @@ class _Exchange:
             "choices": [
                 {
                     "index": 0,
-                    "message": {
-                        "role": "assistant",
-                        "content": None if answer.content_is_null or answer.is_refusal else text,
-                        "refusal": text if answer.is_refusal else None,
-                        "annotations": [],
-                    },
+                    "message": message,
                     "logprobs": None,
                     "finish_reason": answer.finish_reason,
                 }
@@ -797,6 +1080,7 @@ class _EventStream:
         self._response = response
         self._refusal = refusal
         self.sent = 0
+        self.reasoning_sent = 0
 
     async def begin(self, content_is_null: bool = False) -> None:
         if self._refusal:
@@ -810,6 +1094,11 @@ class _EventStream:
         await self._choice({"refusal" if self._refusal else "content": text}, None)
         self.sent += 1
 
+    async def reasoning(self, text: str, reasoning_field: ReasoningField) -> None:
+        await self._choice({reasoning_field: text}, None)
+        self.sent += 1
+        self.reasoning_sent += 1
+
     async def finish_reason(self, finish_reason: FinishReason) -> None:
         await self._choice({}, finish_reason)
 
@@ -817,7 +1106,7 @@ class _EventStream:
         await self._choice({}, finish_reason)
         exchange = self._exchange
         if exchange.include_usage:
-            reported = exchange.usage(usage, self.sent)
+            reported = exchange.usage(usage, self.sent - self.reasoning_sent, self.reasoning_sent)
             exchange.record.usage = reported
             await self._event(exchange.chunk([], reported))
         await self._response.write(b"data: [DONE]\n\n")
@@ -840,7 +1129,9 @@ class FakeOpenAI:
     ``default`` answers whenever the script is empty. ``api_key``, if given, is the only key
     accepted (others get 401 ``invalid_api_key``); without it any bearer key passes, but a
     request with none still gets 401. ``models``, if given, are the only models served (others
-    get 404 ``model_not_found``); without it any model name is served.
+    get 404 ``model_not_found``); without it any model name is served. ``text_only``, if given,
+    makes every model text-only: a request with image parts is refused in those words before
+    the script is consulted (:class:`TextOnly` does it for one scripted request).
     """
 
     def __init__(
@@ -849,12 +1140,14 @@ class FakeOpenAI:
         default: Behaviour | None = None,
         api_key: str | None = None,
         models: Sequence[str] | None = None,
+        text_only: ImageRejection | None = None,
     ) -> None:
         if isinstance(default, StreamGate):
             raise TypeError("a StreamGate answers one request only; script it instead")
         self.default: Behaviour = default if default is not None else Echo()
         self._api_key = api_key
         self._models = tuple(models) if models is not None else None
+        self.text_only = text_only
         self._script: list[Behaviour] = []
         self._requests: list[RecordedRequest] = []
         self._gates_in_use: set[StreamGate] = set()
@@ -1086,14 +1379,29 @@ class FakeOpenAI:
             request.transport.abort()
 
     async def _serve_chat(self, request: web.Request, record: RecordedRequest) -> None:
-        error = self._auth_error(request) or validate_chat_request(record.body)
+        error: ApiError | RawError | None = self._auth_error(request) or validate_chat_request(
+            record.body
+        )
         if error is None and self._models is not None and record.json["model"] not in self._models:
             error = model_not_found(record.json["model"])
+        if error is None and self.text_only is not None and record.images:
+            error = self._rejection(_Exchange(request, record), self.text_only)
         if error is not None:
             await self._send_error(request, record, error)
             return
         behaviour = self._script.pop(0) if self._script else self.default
         await self._perform(_Exchange(request, record), behaviour)
+
+    def _rejection(self, exchange: _Exchange, rejection: ImageRejection) -> ApiError | RawError:
+        """The refusal of this request's images, naming the first one's part."""
+        param = None
+        for m, message in enumerate(exchange.messages):
+            content = message.get("content")
+            if isinstance(content, list):
+                for p, part in enumerate(content):
+                    if isinstance(part, dict) and part.get("type") == "image_url":
+                        param = param or f"messages.[{m}].content.[{p}].type"
+        return images_rejected(rejection, model=exchange.model, param=param)
 
     async def _perform(self, exchange: _Exchange, behaviour: Behaviour) -> None:
         request, record = exchange.request, exchange.record
@@ -1114,7 +1422,14 @@ class FakeOpenAI:
             case Reply(text=text, finish_reason=finish_reason, usage=usage):
                 pieces = tokenize(text) if text else []
                 answer = _Answer(pieces, text is None, False, finish_reason, usage)
+                answer.reasoning = tokenize(behaviour.reasoning or "")
+                answer.reasoning_field = behaviour.reasoning_field
                 await self._answer(exchange, answer)
+            case TextOnly(rejection=rejection, then=then):
+                if exchange.record.images:
+                    await self._send_error(request, record, self._rejection(exchange, rejection))
+                else:
+                    await self._perform(exchange, then)
             case Refusal(message=message, usage=usage):
                 answer = _Answer(tokenize(message), is_refusal=True, usage=usage)
                 await self._answer(exchange, answer)
@@ -1126,6 +1441,8 @@ class FakeOpenAI:
                     interval=behaviour.interval,
                     drop_after=behaviour.drop_after,
                     end_after=behaviour.end_after,
+                    reasoning=behaviour.reasoning_tokens(),
+                    reasoning_field=behaviour.reasoning_field,
                 )
                 await self._answer(exchange, answer)
 
@@ -1142,13 +1459,11 @@ class FakeOpenAI:
         raise _Closing
 
     async def _answer(self, exchange: _Exchange, answer: _Answer) -> None:
-        limit = exchange.max_tokens
-        if limit is not None and len(answer.pieces) > limit and not answer.is_refusal:
-            answer.pieces = answer.pieces[:limit]
-            answer.finish_reason = "length"
+        if exchange.max_tokens is not None:
+            answer.cut(exchange.max_tokens)
         if not exchange.stream:
             if answer.interval:
-                await self._pause(answer.interval * len(answer.pieces))
+                await self._pause(answer.interval * (len(answer.reasoning) + len(answer.pieces)))
             if answer.drop_after is not None:
                 raise _Dropped
             await self._send_json(
@@ -1160,14 +1475,19 @@ class FakeOpenAI:
             return
         async with self._event_stream(exchange, answer.is_refusal) as events:
             await events.begin(answer.content_is_null)
-            for piece in answer.pieces:
+            pieces = [(piece, True) for piece in answer.reasoning]
+            pieces += [(piece, False) for piece in answer.pieces]
+            for piece, is_reasoning in pieces:
                 if events.sent == answer.drop_after:
                     raise _Dropped
                 if events.sent == answer.end_after:
                     return
                 if answer.interval:
                     await self._pause(answer.interval)
-                await events.piece(piece)
+                if is_reasoning:
+                    await events.reasoning(piece, answer.reasoning_field)
+                else:
+                    await events.piece(piece)
             if events.sent == answer.drop_after:
                 raise _Dropped
             if events.sent == answer.end_after:
@@ -1217,7 +1537,7 @@ class FakeOpenAI:
     async def _run_gate(
         self, exchange: _Exchange, gate: StreamGate, events: _EventStream | None
     ) -> None:
-        collected: list[str] = []
+        collected = _Answer([])
         while True:
             command = await gate._commands.get()
             try:
@@ -1234,7 +1554,7 @@ class FakeOpenAI:
         exchange: _Exchange,
         command: _GateCommand,
         events: _EventStream | None,
-        collected: list[str],
+        collected: _Answer,
     ) -> bool:
         """Do one thing the test asked of a gate; say whether the answer is complete."""
         match command.kind:
@@ -1248,7 +1568,14 @@ class FakeOpenAI:
                 if events is not None:
                     await events.piece(command.piece)
                 else:
-                    collected.append(command.piece)
+                    collected.pieces.append(command.piece)
+                return False
+            case "reasoning":
+                if events is not None:
+                    await events.reasoning(command.piece, command.reasoning_field)
+                else:
+                    collected.reasoning.append(command.piece)
+                    collected.reasoning_field = command.reasoning_field
                 return False
             case "finish_reason":
                 if events is not None:
@@ -1261,11 +1588,10 @@ class FakeOpenAI:
                 if events is not None:
                     await events.end(command.finish_reason, command.usage)
                 else:
-                    answer = _Answer(
-                        collected, finish_reason=command.finish_reason, usage=command.usage
-                    )
+                    collected.finish_reason = command.finish_reason
+                    collected.usage = command.usage
                     await self._send_json(
-                        exchange.request, exchange.record, 200, exchange.completion(answer)
+                        exchange.request, exchange.record, 200, exchange.completion(collected)
                     )
                 return True
 
@@ -1292,9 +1618,10 @@ async def start_fake_openai(
     default: Behaviour | None = None,
     api_key: str | None = None,
     models: Sequence[str] | None = None,
+    text_only: ImageRejection | None = None,
 ) -> AsyncIterator[FakeOpenAI]:
     """Run a :class:`FakeOpenAI` on 127.0.0.1 for the duration of the ``async with`` block."""
-    server = FakeOpenAI(default=default, api_key=api_key, models=models)
+    server = FakeOpenAI(default=default, api_key=api_key, models=models, text_only=text_only)
     await server.start()
     try:
         yield server
