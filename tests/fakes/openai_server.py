@@ -393,6 +393,8 @@ class RecordedRequest:
     request_id: str
     status: int | None = None
     outcome: Outcome | None = None
+    ended_at: float | None = None
+    """``time.monotonic()`` when the request ended, after its last byte went to the socket."""
     _ended: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     @property
@@ -410,6 +412,7 @@ class RecordedRequest:
     def _end(self, outcome: Outcome) -> None:
         if self.outcome is None:
             self.outcome = outcome
+            self.ended_at = time.monotonic()
             self._ended.set()
 
 
