@@ -1,7 +1,8 @@
 """Our bot against a minimal baseline bot, side by side, under bursts of `/ask`.
 
     .venv/bin/python bench/burst.py [--bursts 50,200] [--modes streamed,plain]
-        [--latency 1.6] [--repeat 1] [--env KEY=VALUE ...] [--profile DIR]
+        [--latency 1.6] [--repeat 1] [--env KEY=VALUE ...] [--no-default]
+        [--profile DIR [--py-spy PATH]]
 
 Each bot runs as its own process (so its CPU and memory are its own) against the local
 Discord (tests.fakes.discord, Discord's default rate limits, no OpenAPI check) and the
@@ -15,7 +16,8 @@ The bots:
 - baseline: bench/baseline_bot.py, plain discord.py + openai with no limits (a yardstick);
 - ours: `python -m bot` on its default settings, only pointed at the fakes;
 - ours + `--env` settings, if any are given, as one more column (e.g.
-  `--env MAX_CONCURRENT_ASKS=250`; a PYTHONPATH given this way goes before the repository's).
+  `--env MAX_CONCURRENT_ASKS=250`; a PYTHONPATH given this way goes before the repository's,
+  e.g. a directory of optional packages); `--no-default` leaves out the plain "ours".
 
 "streamed" runs both bots with STREAM_RESPONSES unset (both stream by default), "plain"
 with STREAM_RESPONSES=false.
@@ -31,12 +33,19 @@ Figures, per burst and mode:
 - REST calls per answer: every request after start-up, over the number of asks;
 - 429s: rate-limited responses over the whole run, start-up included;
 - CPU per answer: the bot process's CPU time (all threads) during the burst, over asks;
-- peak RSS: the bot process's high-water mark (VmHWM), start-up included.
+- peak RSS: the bot process's high-water mark (VmHWM), start-up included;
+- fakes' CPU / wall: CPU time of this process (both fakes) over the wall time, in cores;
+  near 1.0 the fakes, not the bot, set the pace.
 
 Each cell is the median over `--repeat` runs, the columns of one repeat run back to back.
-`--profile DIR` also runs our bot (default settings) under cProfile, once per burst and
-mode after the measured runs, writes DIR/ours-<burst>-<mode>.prof and prints where the
-time went; those runs are not in the table (the profiler slows the bot down).
+An ask whose answer never shows is reported with what it shows instead.
+
+`--profile DIR` then runs our bot (default settings) once more per burst and mode, profiled,
+and prints where its CPU went by package and function (bench/profiles.py); those runs are
+not in the table. Without `--py-spy` the whole process runs under cProfile (start-up
+included, and slowed by the profiler) into DIR/ours-<burst>-<mode>.prof; with `--py-spy
+PATH` (`pip install py-spy` anywhere; it need not be in the project's environment) that
+binary samples the running bot during the burst only, into DIR/ours-<burst>-<mode>.py-spy.txt.
 
 Times depend on how busy the machine is; CPU per answer much less so. Prints figures;
 asserts nothing.
@@ -47,15 +56,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import pstats
 import re
 import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 BENCH = Path(__file__).resolve().parent
 if str(BENCH) not in sys.path:
@@ -70,7 +81,9 @@ from harness import (  # noqa: E402
     percentile,
     script_against_fake,
     status_kib,
+    tail,
 )
+from profiles import py_spy, summarize_cprofile, summarize_samples  # noqa: E402
 
 from tests.fakes.discord import Call, FakeDiscord, InteractionHandle  # noqa: E402
 from tests.fakes.openai_server import (  # noqa: E402
@@ -137,6 +150,8 @@ class Run:
     rate_limited: int
     cpu: float | None
     peak_rss_kib: int | None
+    fakes_cpu: float
+    """CPU time of this process (both fakes) during the burst."""
 
 
 def settings_for(bot: Bot, discord: FakeDiscord, model: FakeOpenAI, data: Path) -> dict[str, str]:
@@ -151,7 +166,13 @@ def settings_for(bot: Bot, discord: FakeDiscord, model: FakeOpenAI, data: Path) 
     }
 
 
-async def run_burst(bot: Bot, asks: int, latency: float, mode: str) -> Run:
+Sampler = Callable[[int], AbstractAsyncContextManager[None]]
+"""Given the bot's process id, what to run around the burst (a profiler attaching to it)."""
+
+
+async def run_burst(
+    bot: Bot, asks: int, latency: float, mode: str, sampler: Sampler | None = None
+) -> Run:
     chunks = ["".join(piece) for piece in _pieces(tokenize(ANSWER), PIECES)]
     members = [f"member{number:03d}" for number in range(1, asks + 1)]
     reply = StreamReply(chunks, interval=latency / len(chunks))
@@ -168,22 +189,44 @@ async def run_burst(bot: Bot, asks: int, latency: float, mode: str) -> Run:
             async with bot_process(discord, column.arguments, env, Path(data), output) as child:
                 calls_before = len(discord.calls)
                 cpu_before = cpu_seconds(child.pid)
-                handles = [
-                    discord.dispatch_interaction(
-                        "ask", {"prompt": PROMPT.format(number=number)}, user=member
-                    )
-                    for number, member in enumerate(discord.users[:asks])
-                ]
-                try:
-                    await discord.wait_for(all_shown(handles))
-                    async with asyncio.timeout(WAIT):
-                        await model.wait_idle()
-                except TimeoutError:
-                    print(f"  ({column.name}: not every answer was shown within {WAIT:g} s)")
+                fakes_before = time.process_time()
+                async with sampler(child.pid) if sampler else nullcontext():
+                    handles = [
+                        discord.dispatch_interaction(
+                            "ask", {"prompt": PROMPT.format(number=number)}, user=member
+                        )
+                        for number, member in enumerate(discord.users[:asks])
+                    ]
+                    try:
+                        await discord.wait_for(all_shown(handles))
+                        async with asyncio.timeout(WAIT):
+                            await model.wait_idle()
+                    except TimeoutError:
+                        print(f"  ({column.name}: not every answer was shown within {WAIT:g} s)")
                 cpu_after = cpu_seconds(child.pid)
+                fakes_cpu = time.process_time() - fakes_before
                 peak = status_kib(child.pid, "VmHWM")
                 calls = discord.calls[calls_before:]
-            return measure(discord, model, handles, calls, cpu_before, cpu_after, peak)
+            run = measure(discord, model, handles, calls, cpu_before, cpu_after, peak, fakes_cpu)
+            if run.shown < run.asks:
+                explain_unshown(column.name, handles, output)
+            return run
+
+
+def explain_unshown(name: str, handles: Sequence[InteractionHandle], output: IO[bytes]) -> None:
+    """What the asks whose answer never showed ended up showing, and the bot's last warnings."""
+    seen = Counter(
+        "(nothing)" if (original := handle.original()) is None else original.text[:70]
+        for handle in handles
+        if not is_shown(handle)
+    )
+    print(f"  ({name}: {sum(seen.values())} answer(s) not shown; they show:")
+    for text, count in seen.most_common(5):
+        print(f"     {count:4d} x {text!r}")
+    warnings = [line for line in tail(output, 20_000).splitlines() if "WARNING" in line]
+    for line in warnings[-5:]:
+        print(f"     bot: {line[:160]}")
+    print("  )")
 
 
 def _pieces(tokens: list[str], count: int) -> list[list[str]]:
@@ -217,6 +260,7 @@ def measure(
     cpu_before: float | None,
     cpu_after: float | None,
     peak_rss_kib: int | None,
+    fakes_cpu: float,
 ) -> Run:
     by_number = {number: handle for number, handle in enumerate(handles)}
     model_done: dict[int, float] = {}
@@ -254,6 +298,7 @@ def measure(
         rate_limited=discord.rate_limited,
         cpu=None if cpu_before is None or cpu_after is None else cpu_after - cpu_before,
         peak_rss_kib=peak_rss_kib,
+        fakes_cpu=fakes_cpu,
     )
 
 
@@ -292,6 +337,8 @@ FIGURES = (
         "MiB",
         lambda run, _: None if run.peak_rss_kib is None else run.peak_rss_kib / KIB,
     ),
+    # Near 1.0 the fakes, not the bot, set the pace: they share one core of this process.
+    Figure("fakes' CPU / wall", "cores", lambda run, _: run.fakes_cpu / max(run.wall, 1e-9), 2),
 )
 
 
@@ -332,65 +379,6 @@ def report(
     print()
 
 
-# --- The profile -----------------------------------------------------------------------------
-
-PACKAGES = (
-    ("openai SDK", ("/openai/",)),
-    ("httpx2 / httpcore", ("/httpx2/", "/httpx/", "/httpcore", "/h11/", "/anyio/", "/sniffio/")),
-    ("pydantic", ("/pydantic", "/pydantic_core/")),
-    ("discord.py", ("/discord/",)),
-    ("aiohttp / yarl / multidict", ("/aiohttp/", "/yarl/", "/multidict/", "/propcache/")),
-    ("our code (bot/)", (f"{os.sep}bot{os.sep}",)),
-    ("json", ("/json/", "_json", "orjson")),
-    ("logging", ("/logging/",)),
-    ("asyncio and selectors", ("/asyncio/", "/selectors.py", "select.epoll", "<method 'poll'")),
-    ("ssl / socket", ("/ssl.py", "/socket.py", "_socket", "_ssl")),
-    ("sqlite", ("sqlite",)),
-    ("regex / re", ("/regex/", "/re/", "_sre", "regex.")),
-)
-
-
-def package_of(filename: str, function: str) -> str:
-    where = f"{filename}:{function}"
-    for name, markers in PACKAGES:
-        if any(marker in where for marker in markers):
-            return name
-    return "other"
-
-
-def summarize_profile(path: Path, top: int = 25) -> None:
-    """Self time by package, and the costliest functions by cumulative time."""
-    stats = pstats.Stats(str(path))
-    raw: dict[tuple[str, int, str], tuple[int, int, float, float, object]] = stats.stats  # type: ignore[attr-defined]
-    total = sum(tottime for _, _, tottime, _, _ in raw.values())
-    by_package: dict[str, float] = {}
-    for (filename, _, function), (_, _, tottime, _, _) in raw.items():
-        package = package_of(filename, function)
-        by_package[package] = by_package.get(package, 0.0) + tottime
-    print(f"  self time by package ({total:.2f} s in all, profiler overhead included):")
-    for package, seconds in sorted(by_package.items(), key=lambda item: -item[1]):
-        print(f"    {seconds / total:6.1%}  {seconds:7.3f} s  {package}")
-    print(f"  top {top} by cumulative time:")
-    rows = sorted(raw.items(), key=lambda item: -item[1][3])
-    shown = 0
-    for (filename, line, function), (_, calls, tottime, cumtime, _) in rows:
-        if function in ("<module>", "<built-in method builtins.exec>") or "runpy" in filename:
-            continue
-        where = f"{_short(filename)}:{line}({function})"
-        print(f"    {cumtime:7.3f} s cum {tottime:7.3f} s self {calls:8d} calls  {where}")
-        shown += 1
-        if shown == top:
-            break
-    print()
-
-
-def _short(filename: str) -> str:
-    for marker in ("site-packages/", "/lib/python3"):
-        if marker in filename:
-            return filename.split(marker, 1)[1]
-    return filename.replace(str(BENCH.parent) + os.sep, "")
-
-
 # --- Main ------------------------------------------------------------------------------------
 
 
@@ -398,6 +386,8 @@ async def main(arguments: argparse.Namespace) -> None:
     bots = [baseline(), ours()]
     if arguments.env:
         bots.append(ours(dict(arguments.env)))
+    if arguments.no_default:
+        del bots[1]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(
         f"Model latency {arguments.latency:g} s per answer; every ask from a different member; "
@@ -417,11 +407,27 @@ async def main(arguments: argparse.Namespace) -> None:
         arguments.profile.mkdir(parents=True, exist_ok=True)
         for asks in arguments.bursts:
             for mode in arguments.modes:
-                path = arguments.profile.resolve() / f"ours-{asks}-{mode}.prof"
-                await run_burst(profiled(ours(), path), asks, arguments.latency, mode)
-                print(f"Profile of ours, {asks} at once, {mode}: {path}")
-                summarize_profile(path)
+                await profile(arguments, asks, mode)
     print(f"The bench took {time.perf_counter() - started:.0f} s.")
+
+
+async def profile(arguments: argparse.Namespace, asks: int, mode: str) -> None:
+    """One more burst of our bot (default settings), profiled; prints where its CPU went."""
+    directory: Path = arguments.profile.resolve()
+    if arguments.py_spy:
+        path = directory / f"ours-{asks}-{mode}.py-spy.txt"
+
+        def sampler(pid: int) -> AbstractAsyncContextManager[None]:
+            return py_spy(arguments.py_spy, pid, path)
+
+        await run_burst(ours(), asks, arguments.latency, mode, sampler)
+        print(f"py-spy samples of ours during the burst, {asks} at once, {mode}: {path}")
+        summarize_samples(path)
+    else:
+        path = directory / f"ours-{asks}-{mode}.prof"
+        await run_burst(profiled(ours(), path), asks, arguments.latency, mode)
+        print(f"cProfile of ours, start-up and shutdown included, {asks} at once, {mode}: {path}")
+        summarize_cprofile(path)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -443,7 +449,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="a setting for one more column of our bot (repeatable)",
     )
     parser.add_argument(
+        "--no-default",
+        action="store_true",
+        help="leave out the column of our bot on default settings (needs --env)",
+    )
+    parser.add_argument(
         "--profile", type=Path, default=None, metavar="DIR", help="also profile our bot"
+    )
+    parser.add_argument(
+        "--py-spy",
+        default=None,
+        metavar="PATH",
+        help="with --profile: sample with this py-spy binary during the burst, not cProfile",
     )
     return parser.parse_args(argv)
 
