@@ -220,11 +220,16 @@ def explain_unshown(name: str, handles: Sequence[InteractionHandle], output: IO[
         for handle in handles
         if not is_shown(handle)
     )
-    print(f"  ({name}: {sum(seen.values())} answer(s) not shown; they show:")
+    unacknowledged = sum(1 for handle in handles if handle.interaction.acknowledged_at is None)
+    print(
+        f"  ({name}: {sum(seen.values())} answer(s) not shown, "
+        f"{unacknowledged} ask(s) never acknowledged; they show:"
+    )
     for text, count in seen.most_common(5):
         print(f"     {count:4d} x {text!r}")
-    warnings = [line for line in tail(output, 20_000).splitlines() if "WARNING" in line]
-    for line in warnings[-5:]:
+    lines = tail(output, 200_000).splitlines()
+    warnings = [line for line in lines if " WARNING " in line or " ERROR " in line]
+    for line in warnings[-8:]:
         print(f"     bot: {line[:160]}")
     print("  )")
 

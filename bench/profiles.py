@@ -28,6 +28,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = (
+    # First, as an import runs a module's code: lazy imports at first use, for one.
+    ("imports", ("<frozen importlib", "builtins.__import__", "__build_class__")),
     ("openai SDK", ("/openai/",)),
     ("httpx2 / httpcore", ("/httpx2/", "/httpx/", "/httpcore", "/h11/", "/anyio/", "/sniffio/")),
     ("pydantic", ("/pydantic", "/pydantic_core/")),
@@ -143,6 +145,7 @@ BOUNDARIES = frozenset({"BaseEventLoop._run_once", "Handle._run", "_WorkItem.run
 # charged to the nearest of these that called it.
 CHARGEABLE = frozenset(
     {
+        "imports",
         "openai SDK",
         "httpx2 / httpcore",
         "pydantic",
