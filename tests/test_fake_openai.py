@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import cast
@@ -529,6 +530,26 @@ async def test_gated_stream_is_stepped_by_the_test(server: FakeOpenAI, client: A
     assert server.open_streams == 0
     with pytest.raises(StreamGateClosed):
         await gate.send("too late")
+
+
+async def test_request_records_when_its_last_byte_went_out(
+    server: FakeOpenAI, client: AsyncOpenAI
+) -> None:
+    gate = server.gated_stream()
+    stream = await client.chat.completions.create(model=MODEL, messages=HELLO, stream=True)
+    request = await gate.started()
+    await gate.send("Hello")
+    assert (await anext(stream)).choices[0].delta.role == "assistant"
+    assert (await anext(stream)).choices[0].delta.content == "Hello"
+    assert request.ended_at is None
+
+    before_finish = time.monotonic()
+    await gate.finish()
+    await collect(stream)
+
+    assert await request.finished() == "answered"
+    assert request.ended_at is not None
+    assert before_finish <= request.ended_at <= time.monotonic()
 
 
 async def test_gate_answers_a_plain_request_at_finish(

@@ -521,6 +521,8 @@ class RecordedRequest:
     status: int | None = None
     outcome: Outcome | None = None
     usage: Usage | None = None
+    ended_at: float | None = None
+    """``time.monotonic()`` when the request ended, after its last byte went to the socket."""
     _ended: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
 
     @property
@@ -544,6 +546,7 @@ class RecordedRequest:
     def _end(self, outcome: Outcome) -> None:
         if self.outcome is None:
             self.outcome = outcome
+            self.ended_at = time.monotonic()
             self._ended.set()
 
 
