@@ -516,3 +516,16 @@ async def test_answers_streaming_at_once_in_one_channel_stay_within_its_bucket(
         assert fake_discord.rate_limited == 0
         writes = [call for call in fake_discord.calls if call.route in CHANNEL_WRITE_ROUTES]
         assert len(writes) >= len(asked)
+
+
+async def test_a_reply_with_its_ping_off_is_not_sent_to_the_model_empty(stack: Stack) -> None:
+    """Without the ping the bot is not mentioned, so Discord sends it the reply without its
+    text (no Message Content intent): there is nothing to answer."""
+    alice, _ = people(stack.discord)
+    first = await first_answer(stack, alice, "Name a planet.", "Mars.")
+    quiet = stack.discord.post_message(
+        alice, "What colour?", reply_to=first.messages[-1].id, ping_reply=False
+    )
+    await first_answer(stack, alice, "Still there?", "Yes.")  # the bot has seen the reply
+    assert len(chat_requests(stack.model)) == 2
+    assert stack.discord.replies_to(quiet.id) == []
