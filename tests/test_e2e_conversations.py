@@ -318,11 +318,13 @@ async def test_a_reply_where_the_bot_may_not_post_logs_one_line_and_posts_nothin
     alice, _ = people(stack.discord)
     first = await first_answer(stack, alice, "Name a planet.", "Mars.")
     stack.discord.set_permissions(deny=denied)
-    stack.model.script(Reply("It is red."))
+    requests_before = len(stack.model.requests)
     with caplog.at_level(logging.INFO, logger="bot"):
         asked = stack.discord.post_message(alice, "What colour?", reply_to=first.messages[-1].id)
         replied = await stack.replied(asked)
     assert replied.outcome == "forbidden"
+    # Checked before asking: no tokens are spent on an answer nobody could see.
+    assert len(stack.model.requests) == requests_before
     assert replied.messages == []
     assert stack.discord.replies_to(asked.id) == []
     lines = [r.getMessage() for r in caplog.records if "cannot answer in channel" in r.getMessage()]

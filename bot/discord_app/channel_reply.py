@@ -39,6 +39,29 @@ _PERMISSION_HINTS = {
 }
 
 
+def missing_permissions(message: discord.Message) -> list[str]:
+    """The permissions the bot lacks to reply to `message` where it was posted, as far as
+    its cached view of the channel tells (empty in direct messages, or when unknown)."""
+    guild = message.guild
+    if guild is None or guild.me is None:
+        return []
+    channel = message.channel
+    if not isinstance(channel, discord.abc.GuildChannel | discord.Thread):
+        return []
+    allowed = channel.permissions_for(guild.me)
+    needed = [
+        ("View Channel", allowed.view_channel),
+        (
+            "Send Messages in Threads" if isinstance(channel, discord.Thread) else "Send Messages",
+            allowed.send_messages_in_threads
+            if isinstance(channel, discord.Thread)
+            else allowed.send_messages,
+        ),
+        ("Read Message History", allowed.read_message_history),
+    ]
+    return [name for name, granted in needed if not granted]
+
+
 class NotPermitted(MessageGone):
     """The bot may not post or reply in the channel; `str()` names the permission."""
 
@@ -190,3 +213,13 @@ class MessageSurface:
 
     async def acknowledge(self) -> None:
         self.messages.start_typing()
+
+    def unanswerable(self) -> str | None:
+        missing = missing_permissions(self._message)
+        if not missing:
+            return None
+        return (
+            f"cannot answer in channel {self._message.channel.id}: the bot lacks "
+            f"{' and '.join(missing)} there (message {self.id}); give it that permission, "
+            "or ask with /ask"
+        )

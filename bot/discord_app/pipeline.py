@@ -114,6 +114,11 @@ class Surface(Protocol):
         """Show that the ask is being worked on (a "thinking…" message, typing)."""
         ...
 
+    def unanswerable(self) -> str | None:
+        """Why no answer could be shown here at all (for the operator), or None; checked
+        first, so no tokens are spent on an answer nobody could see."""
+        ...
+
 
 @dataclass(frozen=True)
 class TurnedAway:
@@ -175,6 +180,11 @@ class AskPipeline:
                 # Only a preview: the next place, or the answer, shows once Discord recovers.
                 log.warning("could not show an ask's place in line (%s)", error)
 
+        unanswerable = surface.unanswerable()
+        if unanswerable is not None:
+            log.warning("%s", unanswerable)
+            self._log(surface, "forbidden", received, None, None, None)
+            return None
         admitted = self._admit(surface, prompt, show_place)
         if isinstance(admitted, TurnedAway):
             await self._turn_away(surface, admitted, received)

@@ -154,6 +154,10 @@ class InteractionSurface:
     async def acknowledge(self) -> None:
         await self._interaction.response.defer(thinking=True, ephemeral=self._private)
 
+    def unanswerable(self) -> str | None:
+        # An interaction's response needs no permission in the channel.
+        return None
+
 
 def origin_of(interaction: discord.Interaction) -> access.Origin:
     """Where an interaction's ask counts as coming from."""
