@@ -69,7 +69,6 @@ class Question:
             request=_without_images(self.request),
             shorter=_without_images(shorter) if shorter is not None else None,
         )
-        )
 
     @property
     def has_images(self) -> bool:
