@@ -116,13 +116,15 @@ async def test_an_image_goes_to_a_vision_model_as_an_image_part(
     assert text_of(user_content(fake_openai)).startswith("What is this?")
 
 
+@pytest.mark.parametrize("streamed", [False, True], ids=["not_streamed", "streamed"])
 async def test_a_text_only_model_refusing_the_image_still_answers_the_text_and_says_so(
-    fake_discord: FakeDiscord, fake_openai: FakeOpenAI, tmp_path: Path
+    fake_discord: FakeDiscord, fake_openai: FakeOpenAI, tmp_path: Path, streamed: bool
 ) -> None:
     fake_openai.text_only = "vllm"
     fake_openai.script(Reply("It sounds like a square."), Reply("Still no pictures."))
     # A name the bot knows nothing of: images are tried until the provider says no.
-    async with bot(fake_discord, fake_openai, tmp_path, {"OPENAI_MODEL": "house-model"}) as stack:
+    overrides = {"OPENAI_MODEL": "house-model", "STREAM_RESPONSES": str(streamed).lower()}
+    async with bot(fake_discord, fake_openai, tmp_path, overrides) as stack:
         asked = await ask_with_file(stack, "Describe it", Upload("square.png", png()))
         [refused, answered] = fake_openai.requests
         assert refused.images
@@ -264,3 +266,30 @@ async def test_bad_bytes_in_a_text_file_never_stop_the_answer(
     assert "ok \ufffd\ufffd bad " in sent
     assert "y" * 51 not in sent, "the text is capped at MAX_ATTACHMENT_CHARS"
     assert "(cut: only its beginning fit)" in sent
+
+
+async def test_a_reply_to_an_answer_may_carry_an_image_after_the_history(
+    fake_discord: FakeDiscord, fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    fake_openai.script(Reply("Send me a picture."), Reply("That is red."))
+    with message_asks() as asks:
+        async with bot(fake_discord, fake_openai, tmp_path, {"OPENAI_MODEL": "gpt-4o"}) as stack:
+            first = await stack.ask("Can you judge colours?")
+            posted = fake_discord.post_message(
+                fake_discord.user,
+                "What colour is this?",
+                reply_to=first.messages[-1].id,
+                attachments=[("red.png", png())],
+            )
+            async with asyncio.timeout(WAIT):
+                outcome = await asks.future(posted.id)
+    assert outcome == "answered"
+    messages = fake_openai.requests[-1].json["messages"]
+    assert [message["role"] for message in messages] == ["system", "user", "assistant", "user"]
+    assert "Can you judge colours?" in messages[1]["content"]
+    last = messages[-1]["content"]
+    assert "What colour is this?" in text_of(last)
+    assert "(Image attached: `red.png`)" in text_of(last)
+    assert [part["type"] for part in last] == ["text", "image_url"]
+    [answer] = fake_discord.replies_to(posted.id)
+    assert answer.content.startswith("That is red.")
