@@ -6,6 +6,10 @@ button's modal, or a reply to any message of an answer) continues from that turn
 model receives the system prompt, as many of the newest earlier turns of that chain as
 fit its context, and the new question. Replying to an older answer branches from there.
 A fresh `/ask`, or a message that only mentions the bot, starts a new conversation.
+
+Files (`/ask`'s `file`, a message's attachments) are checked on what Discord says of them
+before the ask is admitted, downloaded once it is (`attachments.fetch`), and their text
+added to the prompt; images go as image parts of the new message only.
 """
 
 from __future__ import annotations
