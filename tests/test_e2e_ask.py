@@ -54,7 +54,7 @@ BOTH_PATHS = pytest.mark.parametrize(
 API_KEY = "sk-test-key"  # what tests.stack configures
 DEFERRED_WITH_THINKING = 5
 CHANNEL_MESSAGE = 4
-STRING, BOOLEAN = 3, 5
+STRING, BOOLEAN, ATTACHMENT = 3, 5, 11
 GUILD_CONTEXT = 0
 # What a person must never read: stack traces, SDK wording, exception class names.
 LEAKS = re.compile(
@@ -126,7 +126,9 @@ async def test_startup_registers_the_commands_to_the_guild(stack: Stack) -> None
     assert options["prompt"]["description"] == "Your question or request for the model"
     assert options["private"]["type"] == BOOLEAN
     assert not options["private"].get("required", False)
-    assert list(options) == ["prompt", "private"]
+    assert options["file"]["type"] == ATTACHMENT
+    assert not options["file"].get("required", False)
+    assert list(options) == ["prompt", "private", "file"]
     assert _options(usage) == []
     for command in commands.values():
         assert command["contexts"] == [GUILD_CONTEXT], "not offered in DMs by default"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import discord
 
@@ -19,6 +19,7 @@ from bot.answers.formatting import final_parts
 from bot.answers.messages import DeliveryFailed, MessageGone, Messages
 from bot.answers.streaming import LiveReply, write_final
 from bot.model import llm
+from bot.model.vision import has_images, without_images
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,8 @@ class Progress:
     finish_reason: str | None = None
     usage: llm.Usage | None = None
     error: llm.CompletionError | None = None
+    images_dropped: bool = False
+    """The model cannot see images: they were left out and the text alone was answered."""
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,23 @@ class Question:
     footer: str | None = None
     unanswerable: llm.CompletionError | None = None
     """Known before asking: the model would refuse it (e.g. it is too long even alone)."""
+    declined: tuple[str, str] | None = None
+    """Known before asking: it is not asked (e.g. an attached file is unreadable); the
+    outcome kind and the sentence shown instead of an answer."""
     final_view: Callable[[Progress], Awaitable[discord.ui.View | None]] | None = None
+
+    def without_images(self) -> Question:
+        """The same question with its image parts left out."""
+        shorter = self.shorter
+        return replace(
+            self,
+            request=_without_images(self.request),
+            shorter=_without_images(shorter) if shorter is not None else None,
+        )
+
+    @property
+    def has_images(self) -> bool:
+        return not isinstance(self.request, str) and has_images(self.request)
 
     async def view_for(self, progress: Progress) -> discord.ui.View | None:
         if self.final_view is None or not progress.text.strip():
@@ -120,6 +139,13 @@ class Answerer:
             progress.error = question.unanswerable
             await _finish(messages, [replies.error_message(question.unanswerable)])
             return Outcome(question.unanswerable.kind, "", None, None)
+        if question.declined is not None:
+            on_model_done()
+            kind, sentence = question.declined
+            await _finish(messages, [sentence])
+            return Outcome(kind, "", None, None)
+        if question.has_images and self._completer.sees_images is False:
+            question, progress.images_dropped = question.without_images(), True
         try:
             if self._stream:
                 return await self._stream_answer(
@@ -132,9 +158,16 @@ class Answerer:
             log.info("answer not shown in full: %s", error)
             return Outcome(kind, progress.text, progress.usage, None)
 
-    async def _complete(self, question: Question, deadline: float | None) -> llm.Answer:
+    async def _complete(
+        self, question: Question, deadline: float | None, progress: Progress
+    ) -> llm.Answer:
         try:
             return await self._completer.complete(question.request, deadline=deadline)
+        except llm.ImagesNotSupported:
+            if not question.has_images:
+                raise
+            progress.images_dropped = True
+            return await self._complete(question.without_images(), deadline, progress)
         except llm.PromptTooLong:
             if question.shorter is None:
                 raise
@@ -150,7 +183,7 @@ class Answerer:
         progress: Progress,
     ) -> Outcome:
         try:
-            answer = await self._complete(question, deadline)
+            answer = await self._complete(question, deadline, progress)
         except llm.CompletionError as error:
             on_model_done()
             progress.error = error
@@ -162,7 +195,7 @@ class Answerer:
         on_model_done()
         progress.text, progress.usage = answer.text, answer.usage
         progress.finish_reason = answer.finish_reason
-        note = replies.TRUNCATED_NOTE if answer.truncated else question.footer
+        note = replies.TRUNCATED_NOTE if answer.truncated else _footer(question, progress)
         view = await question.view_for(progress)
         # Cut off by a shutdown while sending, the answer itself is still the best close.
         await _finish(reply, final_parts(answer.text, note), view)
@@ -209,7 +242,7 @@ class Answerer:
                 # Unexpected: keep what was written, leave the apology to the tree.
                 await _close(live, final_parts(progress.text), renderer)
                 consumer.result()
-            parts = streamed_parts(progress, stopped=stopped, footer=question.footer)
+            parts = streamed_parts(progress, stopped=stopped, footer=_footer(question, progress))
             await _close(live, parts, renderer, await question.view_for(progress))
             return Outcome(
                 streamed_kind(progress, stopped=stopped),
@@ -244,8 +277,30 @@ class Answerer:
                     return
                 log.info("prompt too long for the model: trying once with half the history")
                 request = question.shorter
+            except llm.ImagesNotSupported as error:
+                if progress.text or isinstance(current, str) or not has_images(current):
+                    progress.error = error
+                    return
+                progress.images_dropped = True
+                question = question.without_images()
+                request = question.request
             except llm.CompletionError as error:
                 progress.error = error
+
+
+def _without_images(request: Request) -> Request:
+    if isinstance(request, str):
+        return request
+    return without_images(request)
+
+
+def _footer(question: Question, progress: Progress) -> str | None:
+    """The note under a whole answer: that images went unseen, then the question's own."""
+    if not progress.images_dropped:
+        return question.footer
+    if question.footer is None:
+        return replies.IMAGES_NOT_SEEN
+    return f"{replies.IMAGES_NOT_SEEN}\n{question.footer}"
 
 
 async def _cancelled(task: asyncio.Task[None]) -> None:

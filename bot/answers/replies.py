@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+from bot.conversation import files
 from bot.fair_use import budgets as usage
 from bot.model import llm
 
@@ -132,3 +133,37 @@ def forgotten(turns: int) -> str:
         return "I had nothing stored from you."
     what = "question and its answer" if turns == 1 else "questions and their answers"
     return f"Done: I deleted {turns:,} {what} of yours. Conversations with them can't be continued."
+
+
+ACCEPTED_FILES = (
+    "text files (code, Markdown, CSV, JSON, logs…), PDFs and images (PNG, JPEG, WebP, GIF)"
+)
+IMAGES_NOT_SEEN = "-# This model can't see images, so I answered from your text alone."
+
+
+def attachment_refused(refusal: files.Refusal, max_bytes: int) -> str:
+    """Why an attached file is not read, naming it (and what is accepted, when it is its type)."""
+    name = _file_name(refusal.filename)
+    if refusal.reason == "unsupported":
+        return f"I can't read {name}. I can read {ACCEPTED_FILES}."
+    if refusal.reason == "too_large":
+        return f"{name} is too large: I read files of up to {_size(max_bytes)}."
+    if refusal.reason == "not_from_discord":
+        return f"I only read files uploaded to Discord, and {name} isn't one."
+    if refusal.reason == "no_text":
+        return f"I found no text in {name}; a scanned PDF holds only pictures of its pages."
+    return f"I couldn't read {name}. Please check the file and try again."
+
+
+def _file_name(filename: str) -> str:
+    # A name is the uploader's text: one line, no backticks to break out of the code span.
+    name = " ".join(filename.replace("`", "'").split())[:100] or "that file"
+    return f"`{name}`"
+
+
+def _size(size: int) -> str:
+    if size >= 1024 * 1024:
+        return f"{size / (1024 * 1024):.3g} MB"
+    if size >= 1024:
+        return f"{size / 1024:.3g} KB"
+    return f"{size:,} bytes"

@@ -36,15 +36,18 @@ class Ask(commands.Cog):
     @app_commands.describe(
         prompt="Your question or request for the model",
         private="Show the answer only to you",
+        file="A text file, code, PDF or image for the model to read",
     )
     async def ask(
         self,
         interaction: discord.Interaction,
         prompt: app_commands.Range[str, 1, MAX_PROMPT_LENGTH],
         private: bool = False,
+        file: discord.Attachment | None = None,
     ) -> None:
         """Ask the language model a question."""
-        await self._conversations.ask(interaction, prompt, private=private)
+        files = [file] if file is not None else []
+        await self._conversations.ask(interaction, prompt, private=private, files=files)
 
     @app_commands.command(name="usage")
     async def usage(self, interaction: discord.Interaction) -> None:

@@ -16,6 +16,7 @@ from discord.ext import commands
 from bot.answers.answering import Answerer
 from bot.config import Settings
 from bot.conversation.context import context_budget
+from bot.conversation.files import FileRules
 from bot.conversation.tokens import TokenCounter
 from bot.conversation.turns import ConversationStore
 from bot.discord_app.ask import Ask
@@ -81,6 +82,9 @@ class AskBot(commands.Bot):
             model=self._completer.model,
             budget=context_budget(self._settings).prompt_tokens,
             pacer=ChannelPacer(),
+            files=FileRules(
+                self._settings.max_attachment_bytes, self._settings.max_attachment_chars
+            ),
         )
         self._conversations = conversations
         FollowUpButton.service = conversations

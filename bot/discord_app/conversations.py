@@ -6,33 +6,42 @@ button's modal, or a reply to any message of an answer) continues from that turn
 model receives the system prompt, as many of the newest earlier turns of that chain as
 fit its context, and the new question. Replying to an older answer branches from there.
 A fresh `/ask`, or a message that only mentions the bot, starts a new conversation.
+
+Files (`/ask`'s `file`, a message's attachments) are checked on what Discord says of them
+before the ask is admitted, downloaded once it is (`attachments.fetch`), and their text
+added to the prompt; images go as image parts of the new message only.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import discord
 
 from bot.answers import replies
 from bot.answers.answering import Outcome, Progress, Question, Request
+from bot.conversation import files as attached
 from bot.conversation.context import (
     PromptOverBudget,
     build_context,
     count_request,
     count_turn,
 )
+from bot.conversation.files import FileRules, Files
 from bot.conversation.tokens import TokenCounter
 from bot.conversation.turns import ConversationStore, NewTurn, Turn, TurnId, may_continue
+from bot.discord_app import attachments
 from bot.discord_app.channel_reply import MessageSurface
 from bot.discord_app.follow_up import follow_up_view
 from bot.discord_app.pacing import ChannelPacer
-from bot.discord_app.pipeline import AskPipeline, Surface
+from bot.discord_app.pipeline import AskPipeline, Surface, TurnedAway
 from bot.discord_app.reply import InteractionSurface
 from bot.model import llm
+from bot.model.vision import user_message
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +72,7 @@ class Conversations:
         model: str,
         budget: int,
         pacer: ChannelPacer,
+        files: FileRules | None = None,
     ) -> None:
         self._asks = asks
         self._store = store
@@ -71,16 +81,24 @@ class Conversations:
         self._model = model
         self._budget = budget
         self._pacer = pacer
+        self._files = files or FileRules(max_bytes=8 * 1024 * 1024, max_chars=20_000)
 
     @property
     def store(self) -> ConversationStore:
         return self._store
 
-    async def ask(self, interaction: discord.Interaction, prompt: str, *, private: bool) -> None:
-        """A fresh `/ask`: a new conversation."""
+    async def ask(
+        self,
+        interaction: discord.Interaction,
+        prompt: str,
+        *,
+        private: bool,
+        files: Sequence[discord.Attachment] = (),
+    ) -> None:
+        """A fresh `/ask`, perhaps with files: a new conversation."""
         surface = InteractionSurface(interaction, private=private)
         where = Where(_display_name(interaction.user), _channel_id(interaction), private)
-        await self._run(surface, prompt, where, parent=None)
+        await self._run(surface, prompt, where, parent=None, files=files)
 
     async def may_follow_up(self, turn_id: TurnId, user_id: int) -> str | None:
         turn = await self._store.turn(turn_id)
@@ -119,23 +137,42 @@ class Conversations:
         prompt = _without_mention(message.content, bot_user.id)
         surface = MessageSurface(message, self._pacer)
         where = Where(_display_name(message.author), message.channel.id, private=False)
-        await self._run(surface, prompt, where, parent=parent)
+        await self._run(surface, prompt, where, parent=parent, files=message.attachments)
 
     async def forget(self, user_id: int) -> int:
         return await self._store.forget_user(user_id)
 
-    async def _run(self, surface: Surface, prompt: str, where: Where, parent: Turn | None) -> None:
+    async def _run(
+        self,
+        surface: Surface,
+        prompt: str,
+        where: Where,
+        parent: Turn | None,
+        files: Sequence[discord.Attachment] = (),
+    ) -> None:
         saved: list[Turn] = []
+        # Checked on what Discord says of each file, before anything is downloaded.
+        accepted = attached.accept(attachments.offered_all(files), self._files)
+        refusal = None
+        if isinstance(accepted, attached.Refusal):
+            sentence = replies.attachment_refused(accepted, self._files.max_bytes)
+            refusal, accepted = TurnedAway("attachment_refused", sentence), attached.Accepted()
 
         async def prepare() -> Question:
-            return await self._question(prompt, where, parent, saved, surface)
+            read = await attachments.fetch(accepted, self._files)
+            if isinstance(read, attached.Refusal):
+                sentence = replies.attachment_refused(read, self._files.max_bytes)
+                return Question(prompt, declined=("attachment_unreadable", sentence))
+            return await self._question(prompt, where, parent, saved, surface, read)
 
         async def after(outcome: Outcome, question: Question) -> None:
             if saved:
                 # The last message (carrying the button) was sent after the turn was saved.
                 await self._store.add_messages(saved[0].id, _message_ids(surface))
 
-        await self._asks.run(surface, prompt, prepare, after=after)
+        await self._asks.run(
+            surface, prompt, prepare, after=after, extra_tokens=accepted.tokens, refusal=refusal
+        )
 
     async def _question(
         self,
@@ -144,9 +181,17 @@ class Conversations:
         parent: Turn | None,
         saved: list[Turn],
         surface: Surface,
+        files: Files,
     ) -> Question:
         chain = await self._store.chain(parent.id, MAX_CHAIN) if parent is not None else []
+        # The files' text is the asker's words, saved with the turn for later follow-ups;
+        # images go only to this request, counted like text would be.
+        prompt = files.prompt(prompt)
         counted = await count_request(self._counter, self._system_prompt, where.asker, prompt)
+        if files.images:
+            counted = replace(
+                counted, prompt=counted.prompt + attached.IMAGE_TOKENS * len(files.images)
+            )
         context = build_context(
             system_prompt=self._system_prompt,
             chain=chain,
@@ -192,12 +237,27 @@ class Conversations:
         # A fresh question holds nobody's words but the asker's: it goes as it is, after
         # the system prompt. Labels, and the rules about them, come with a history.
         request: Request = context.messages if chain else prompt
+        if files.images:
+            request = _with_images(
+                context.messages if chain else _fresh(self._system_prompt, prompt), files
+            )
         return Question(
             request,
-            shorter=shorter.messages if shorter is not None else None,
+            shorter=_with_images(shorter.messages, files) if shorter is not None else None,
             footer=replies.OLDER_TURNS_LEFT_OUT if chain and context.turns_left_out else None,
             final_view=save,
         )
+
+
+def _fresh(system_prompt: str, prompt: str) -> list[llm.ChatMessage]:
+    return [{"role": "system", "content": system_prompt}, {"role": "user", "content": prompt}]
+
+
+def _with_images(messages: Sequence[llm.ChatMessage], files: Files) -> list[llm.ChatMessage]:
+    """`messages` with the files' images after the text of the last (the new) message."""
+    *earlier, last = messages
+    text = last.get("content")
+    return [*earlier, user_message(text if isinstance(text, str) else "", files.pictures)]
 
 
 def _message_ids(surface: Surface) -> list[int]:

@@ -157,6 +157,9 @@ class FakeDiscord:
         app.router.add_get("/", self.gateway.handle)
         app.router.add_route("*", API_PREFIX + "/{tail:.*}", self.rest.handle)
         app.router.add_get("/attachments/{channel_id}/{attachment_id}/{filename}", self._file)
+        app.router.add_get(
+            "/ephemeral-attachments/{application_id}/{attachment_id}/{filename}", self._upload
+        )
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         # aiohttp's default accept queue of 128 drops the SYNs of a bigger burst of new
@@ -543,6 +546,11 @@ class FakeDiscord:
         return sum(1 for call in self.rest.calls if call.status == 429)
 
     @property
+    def downloads(self) -> list[int]:
+        """Ids of the attachments fetched from the local CDN (message files and uploads)."""
+        return list(self.world.downloads)
+
+    @property
     def spec_checked(self) -> bool:
         """Whether bodies are being checked against the OpenAPI description."""
         return self.spec is not None
@@ -643,6 +651,19 @@ class FakeDiscord:
         for message in self.world.messages.values():
             for attachment in message.attachments:
                 if attachment.id == attachment_id and not message.deleted:
-                    kind = attachment.content_type or "application/octet-stream"
-                    return web.Response(body=attachment.data, headers={"Content-Type": kind})
+                    return self._serve(attachment)
         raise web.HTTPNotFound()
+
+    async def _upload(self, request: web.Request) -> web.Response:
+        attachment = self.world.uploads.get(int(request.match_info["attachment_id"]))
+        if attachment is None or request.match_info["application_id"] != str(
+            self.world.application_id
+        ):
+            raise web.HTTPNotFound()
+        return self._serve(attachment)
+
+    def _serve(self, attachment: Attachment) -> web.Response:
+        self.world.downloads.append(attachment.id)
+        self.world.changes.notify()
+        kind = attachment.content_type or "application/octet-stream"
+        return web.Response(body=attachment.data, headers={"Content-Type": kind})

@@ -9,13 +9,18 @@ rather than sending the bot something Discord never would.
 
 from __future__ import annotations
 
+import mimetypes
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from . import rules
 from .errors import JsonObject
+from .payloads import upload_payload
 from .state import (
+    ATTACHMENT_SIZE_LIMIT,
     DM,
+    Attachment,
     Channel,
     Interaction,
     User,
@@ -23,9 +28,20 @@ from .state import (
     World,
 )
 
-OptionValue = str | int | float | bool
 
-_STRING, _INTEGER, _BOOLEAN, _NUMBER = 3, 4, 5, 10
+@dataclass(frozen=True)
+class Upload:
+    """A file a person picks for an attachment option; ``content_type`` is what Discord's
+    client guesses from the name unless given."""
+
+    filename: str
+    data: bytes
+    content_type: str | None = None
+
+
+OptionValue = str | int | float | bool | Upload
+
+_STRING, _INTEGER, _BOOLEAN, _NUMBER, _ATTACHMENT = 3, 4, 5, 10, 11
 _BUTTON = 2
 _LINK_STYLE = 5
 
@@ -44,6 +60,7 @@ def command_data(
     if unknown:
         raise ValueError(f"/{name} has no option(s) {sorted(unknown)}")
     sent = []
+    resolved: dict[str, JsonObject] = {}
     for option_name, option in declared.items():
         if option_name not in options:
             if option.get("required"):
@@ -51,13 +68,33 @@ def command_data(
             continue
         value = options[option_name]
         _check_value(name, option, value)
+        if isinstance(value, Upload):
+            # The option's value is the attachment's id; the file itself is resolved.
+            attachment = _upload(world, value)
+            resolved[str(attachment.id)] = upload_payload(world, attachment)
+            value = str(attachment.id)
         sent.append({"name": option_name, "type": option["type"], "value": value})
     data: JsonObject = {"id": command["id"], "name": name, "type": 1}
     if sent:
         data["options"] = sent
+    if resolved:
+        data["resolved"] = {"attachments": resolved}
     if guild_id is not None:
         data["guild_id"] = str(guild_id)
     return data
+
+
+def _upload(world: World, upload: Upload) -> Attachment:
+    if len(upload.data) > ATTACHMENT_SIZE_LIMIT:
+        raise ValueError(f"Discord's client uploads at most {ATTACHMENT_SIZE_LIMIT} bytes")
+    attachment = Attachment(
+        id=world.snowflakes.next(),
+        filename=upload.filename,
+        data=upload.data,
+        content_type=upload.content_type or mimetypes.guess_type(upload.filename)[0],
+    )
+    world.uploads[attachment.id] = attachment
+    return attachment
 
 
 def _find_command(world: World, channel: Channel, name: str) -> tuple[JsonObject, int | None]:
@@ -82,6 +119,12 @@ def _find_command(world: World, channel: Channel, name: str) -> tuple[JsonObject
 def _check_value(command: str, option: JsonObject, value: Any) -> None:
     kind = option["type"]
     label = f"/{command} {option['name']}"
+    if kind == _ATTACHMENT:
+        if not isinstance(value, Upload):
+            raise ValueError(f"{label} takes a file (an Upload)")
+        return
+    if isinstance(value, Upload):
+        raise ValueError(f"{label} takes no file")
     if kind == _STRING:
         if not isinstance(value, str):
             raise ValueError(f"{label} takes text")

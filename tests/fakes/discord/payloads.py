@@ -293,6 +293,26 @@ def attachment_payload(world: World, message: Message, attachment: Attachment) -
     return payload
 
 
+def upload_payload(world: World, attachment: Attachment) -> JsonObject:
+    """A file attached to a command option, as ``data.resolved.attachments`` carries it:
+    an ephemeral attachment on the CDN, under the application's id."""
+    url = (
+        f"{world.cdn_base}/ephemeral-attachments/{world.application_id}/"
+        f"{attachment.id}/{attachment.filename}"
+    )
+    payload: JsonObject = {
+        "id": str(attachment.id),
+        "filename": attachment.filename,
+        "size": len(attachment.data),
+        "url": url,
+        "proxy_url": url,
+        "ephemeral": True,
+    }
+    if attachment.content_type is not None:
+        payload["content_type"] = attachment.content_type
+    return payload
+
+
 def interaction_metadata_payload(
     world: World, interaction: Interaction, message: Message | None
 ) -> JsonObject:

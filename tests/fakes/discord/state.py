@@ -278,6 +278,10 @@ class World:
             self.members[user.id] = Member(user, [self.roles[2].id], self.created_at)
         self.messages: dict[int, Message] = {}
         self.interactions: dict[int, Interaction] = {}
+        # Files people attached to command options (Discord's ephemeral attachments).
+        self.uploads: dict[int, Attachment] = {}
+        # Ids of the attachments downloaded from the local CDN, in order.
+        self.downloads: list[int] = []
         self.commands: dict[int | None, list[JsonObject]] = {None: []}
         self.command_syncs: list[CommandSync] = []
 
