@@ -31,6 +31,8 @@ class Recorder:
     """A `Messages` that checks Discord's limit and records every create and edit."""
 
     limit: int = LIMIT
+    cap: int | None = None
+    attached: discord.File | None = None
     shown: list[tuple[str, discord.ui.View | None]] = field(default_factory=list)
     writes: list[Shown] = field(default_factory=list)
     finished: list[str] | None = None
@@ -51,6 +53,7 @@ class Recorder:
     async def show(self, index: int, content: str, view: discord.ui.View | None = None) -> None:
         assert 0 < len(content) <= self.limit, content
         assert index <= len(self.shown)
+        assert self.cap is None or index < self.cap
         if index == len(self.shown):
             self.shown.append((content, view))
         else:
@@ -58,8 +61,14 @@ class Recorder:
         self.writes.append(Shown(index, content, view))
         self.wrote.set()
 
-    async def finish(self, parts: Sequence[str], view: discord.ui.View | None = None) -> None:
+    async def finish(
+        self,
+        parts: Sequence[str],
+        view: discord.ui.View | None = None,
+        file: discord.File | None = None,
+    ) -> None:
         self.finished = list(parts)
+        self.attached = file
         for index, part in enumerate(parts):
             shown = (part, view if index == len(parts) - 1 else None)
             if index == len(self.shown) or self.shown[index] != shown:

@@ -132,3 +132,9 @@ def forgotten(turns: int) -> str:
         return "I had nothing stored from you."
     what = "question and its answer" if turns == 1 else "questions and their answers"
     return f"Done: I deleted {turns:,} {what} of yours. Conversations with them can't be continued."
+
+
+WHOLE_ANSWER_ATTACHED = (
+    "*(This answer is longer than the messages I may send here: "
+    "the whole answer is in the attached file.)*"
+)
