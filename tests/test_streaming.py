@@ -11,6 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bot.answers import replies
+from bot.answers.attachment import capped
 from bot.answers.chunking import split_message
 from bot.answers.formatting import final_parts
 from bot.answers.messages import DeliveryFailed, MessageGone
@@ -173,6 +175,39 @@ async def test_text_arriving_together_is_shown_in_one_write() -> None:
         "one two three" + WRITING_MARKER,
         "one two three",
     ]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    words=st.lists(WORDS, min_size=1, max_size=400),
+    step=st.integers(min_value=1, max_value=60),
+    cap=st.integers(min_value=1, max_value=4),
+)
+async def test_a_capped_answer_never_needs_more_messages_than_its_cap(
+    words: list[str], step: int, cap: int
+) -> None:
+    """Past the cap, the last allowed message shows the growing end, then the whole answer
+    attached; the recorder refuses any write past the cap."""
+    text = "".join(words)
+    if not text.strip():
+        return
+    recorder = Recorder(cap=cap)
+    live = LiveReply(recorder, interval=0.0, view_factory=lambda: Marker(timeout=None), limit=LIMIT)
+    renderer = asyncio.create_task(live.run())
+    for end in [*range(step, len(text), step), len(text)]:
+        live.update(text[:end])
+        for _ in range(3):
+            await asyncio.sleep(0)
+    parts, file = capped(split_message(text, LIMIT), text, cap)
+    await live.close(parts, renderer, None, file)
+    assert [content for content, _ in recorder.shown] == parts
+    if len(split_message(text, LIMIT)) <= cap:
+        assert recorder.attached is None
+    else:
+        assert recorder.attached is not None
+        assert parts[-1] == replies.WHOLE_ANSWER_ATTACHED
+        recorder.attached.reset()
+        assert recorder.attached.fp.read() == text.encode()
 
 
 # --- Pacing of the final content, and writes Discord refuses ------------------------------------
