@@ -156,6 +156,24 @@ async def test_personal_install_in_a_dm_is_answered_when_dms_are_allowed(
     assert asked.contents == ["Hello there."]
 
 
+async def test_personal_install_in_a_group_dm_is_capped_and_answered(
+    fake_discord: FakeDiscord, fake_openai: FakeOpenAI, tmp_path: Path
+) -> None:
+    """A group DM has no server install: the person's own, its cap, a public answer."""
+    overrides = {"ALLOW_DMS": "true", "STREAM_RESPONSES": "false"}
+    async with installed(fake_discord, fake_openai, tmp_path, overrides) as stack:
+        stack.model.script(Reply(LONG_ANSWER))
+        handle = ask_in(stack, "Tell us everything.", channel_id=fake_discord.group_dm_id)
+        asked = await finished(stack, handle)
+    assert handle.payload["context"] == PRIVATE_CHANNEL
+    assert handle.payload["authorizing_integration_owners"] == {"1": str(fake_discord.user.id)}
+    assert asked.outcome == "answered"
+    assert len(asked.messages) == CAP
+    assert attachment_text(fake_discord, asked.messages[-1].id) == LONG_ANSWER
+    assert not any(message.ephemeral for message in asked.messages)
+    assert failed_calls(fake_discord) == []
+
+
 # --- The 5-followup cap ----------------------------------------------------------------------
 
 
@@ -242,3 +260,5 @@ async def test_personal_install_is_not_offered_in_dms_without_allow_dms(
     async with installed(fake_discord, fake_openai, tmp_path) as stack:
         with pytest.raises(LookupError, match="in DMs"):
             ask_in(stack, "Hello?", dm=True, user_installed=True)
+        with pytest.raises(LookupError, match="in DMs"):
+            ask_in(stack, "Hello?", channel_id=fake_discord.group_dm_id)

@@ -52,6 +52,7 @@ from .state import (
     APPLICATION_COMMAND,
     DM,
     EVERYONE_PERMISSIONS,
+    GROUP_DM,
     MESSAGE_COMPONENT,
     MODAL_SUBMIT,
     SEND_MESSAGES,
@@ -238,6 +239,11 @@ class FakeDiscord:
         return self.world.external_channel_id
 
     @property
+    def group_dm_id(self) -> int:
+        """A group DM of the people, which the bot is not in."""
+        return self.world.group_dm_id
+
+    @property
     def external_apps_public(self) -> bool:
         """Whether the external server lets members' own apps answer in public."""
         return self.world.external_apps_public
@@ -273,7 +279,11 @@ class FakeDiscord:
         person = user or world.user
         where = channel_id or world.channel_id
         channel = world.dm_channel(person) if dm else world.channel(where)
-        own = user_installed or channel.guild_id == world.external_guild_id
+        own = (
+            user_installed
+            or channel.guild_id == world.external_guild_id
+            or channel.type == GROUP_DM
+        )
         data = command_data(world, channel, command, options or {}, user_installed=own)
         interaction = world.new_interaction(
             type=APPLICATION_COMMAND,
@@ -633,8 +643,8 @@ class FakeDiscord:
     def _publish_message(self, event: str, message: Message) -> None:
         world = self.world
         channel = world.channels[message.channel_id]
-        if channel.guild_id not in (None, world.guild_id):
-            return  # the bot gets no events of a server it is not in
+        if channel.guild_id not in (None, world.guild_id) or channel.type == GROUP_DM:
+            return  # the bot gets no events of a server or group DM it is not in
         if event == "MESSAGE_DELETE":
             data: dict[str, object] = {"id": str(message.id), "channel_id": str(channel.id)}
             if channel.guild_id is not None:
@@ -650,7 +660,7 @@ class FakeDiscord:
 
     def _publish_typing(self, channel: Channel, user: User) -> None:
         world = self.world
-        if channel.guild_id not in (None, world.guild_id):
+        if channel.guild_id not in (None, world.guild_id) or channel.type == GROUP_DM:
             return
         data: dict[str, object] = {
             "channel_id": str(channel.id),

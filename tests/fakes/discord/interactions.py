@@ -16,6 +16,7 @@ from . import rules
 from .errors import JsonObject
 from .state import (
     DM,
+    GROUP_DM,
     Channel,
     Interaction,
     User,
@@ -82,13 +83,13 @@ def _find_command(
             if install not in (command.get("integration_types") or [0]):
                 continue
             contexts = command.get("contexts")
-            context = 1 if channel.type == DM else 0
+            context = {DM: 1, GROUP_DM: 2}.get(channel.type, 0)
             if contexts is not None and context not in contexts:
                 continue
             if contexts is None and context == 1 and not command.get("dm_permission", True):
                 continue
             return command, scope
-    where = "in DMs" if channel.type == DM else "in the guild"
+    where = "in DMs" if channel.type in (DM, GROUP_DM) else "in the guild"
     via = " through a user install" if user_installed else ""
     raise LookupError(f"no command /{name} is registered for use {where}{via}")
 

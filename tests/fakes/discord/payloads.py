@@ -13,6 +13,7 @@ from .state import (
     APPLICATION_COMMAND,
     ATTACHMENT_SIZE_LIMIT,
     DM,
+    GROUP_DM,
     MODAL_SUBMIT,
     REPLY,
     Attachment,
@@ -115,6 +116,17 @@ def channel_payload(world: World, channel: Channel) -> JsonObject:
             "last_message_id": _last_message_id(world, channel),
             "flags": 0,
             "recipients": [user_payload(recipient)],
+        }
+    if channel.type == GROUP_DM:
+        return {
+            "id": str(channel.id),
+            "type": GROUP_DM,
+            "name": channel.name,
+            "icon": None,
+            "owner_id": str(channel.owner_id),
+            "last_message_id": _last_message_id(world, channel),
+            "flags": 0,
+            "recipients": [user_payload(user) for user in world.users],
         }
     if channel.is_thread:
         return thread_payload(world, channel)
@@ -507,7 +519,7 @@ def interaction_payload(world: World, interaction: Interaction, data: JsonObject
         payload["context"] = 0
     else:
         payload["user"] = user_payload(interaction.user)
-        payload["context"] = 1
+        payload["context"] = 2 if world.channels[interaction.channel_id].type == GROUP_DM else 1
     if interaction.source_message_id is not None:
         source = world.messages[interaction.source_message_id]
         payload["message"] = message_payload(world, source)

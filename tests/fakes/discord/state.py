@@ -58,6 +58,7 @@ MODAL_SUBMIT = 5
 
 GUILD_TEXT = 0
 DM = 1
+GROUP_DM = 3
 PUBLIC_THREAD = 11
 
 # Permission overwrite targets.
@@ -300,6 +301,11 @@ class World:
         )
         # Whether that server lets members' apps answer in public (USE_EXTERNAL_APPS).
         self.external_apps_public = False
+        # A group DM of the people, without the bot: again only their own installs.
+        self.group_dm_id = self.snowflakes.next()
+        self.channels[self.group_dm_id] = Channel(
+            self.group_dm_id, GROUP_DM, "friends", None, owner_id=self.users[0].id
+        )
 
     # People and places
 
@@ -345,7 +351,7 @@ class World:
         the channel's @everyone overwrite, its role overwrites together, its member
         overwrite. A thread uses its parent's; without VIEW_CHANNEL nothing is allowed.
         In the external server the bot is no member, and people have @everyone's."""
-        if channel.guild_id == self.external_guild_id:
+        if channel.guild_id == self.external_guild_id or channel.type == GROUP_DM:
             if user_id == self.bot.id:
                 return 0
             external = USE_EXTERNAL_APPS if self.external_apps_public else 0
@@ -635,7 +641,7 @@ class World:
         """A new interaction; in the external server only the person's own install can
         have made it, elsewhere the server's (or, in a DM, the app's) install, and the
         person's too when `user_installed`."""
-        external = channel.guild_id == self.external_guild_id
+        external = channel.guild_id == self.external_guild_id or channel.type == GROUP_DM
         interaction = Interaction(
             id=self.snowflakes.next(),
             token=f"aW50ZXJhY3Rpb246{secrets.token_urlsafe(96)}",
