@@ -123,6 +123,9 @@ class TerminalMessages:
     def count(self) -> int:
         return len(self._shown)
 
+    cap: int | None = None
+    """A terminal prints as many messages as an answer needs."""
+
     @property
     def message_ids(self) -> list[int]:
         """A terminal's messages have no ids."""
@@ -149,7 +152,13 @@ class TerminalMessages:
         ):
             self._close(self._shown[self._closed])
 
-    async def finish(self, parts: Sequence[str], view: discord.ui.View | None = None) -> None:
+    async def finish(
+        self,
+        parts: Sequence[str],
+        view: discord.ui.View | None = None,
+        file: discord.File | None = None,
+    ) -> None:
+        # No cap: an answer in a terminal is never cut into a file.
         for index, part in enumerate(parts):
             await self.show(index, part)
         if self._abandoned:

@@ -11,6 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bot.answers import replies
+from bot.answers.attachment import capped
 from bot.answers.chunking import split_message
 from bot.answers.formatting import final_parts
 from bot.answers.messages import DeliveryFailed, MessageGone
@@ -31,6 +33,8 @@ class Recorder:
     """A `Messages` that checks Discord's limit and records every create and edit."""
 
     limit: int = LIMIT
+    cap: int | None = None
+    attached: discord.File | None = None
     shown: list[tuple[str, discord.ui.View | None]] = field(default_factory=list)
     writes: list[Shown] = field(default_factory=list)
     finished: list[str] | None = None
@@ -51,6 +55,7 @@ class Recorder:
     async def show(self, index: int, content: str, view: discord.ui.View | None = None) -> None:
         assert 0 < len(content) <= self.limit, content
         assert index <= len(self.shown)
+        assert self.cap is None or index < self.cap
         if index == len(self.shown):
             self.shown.append((content, view))
         else:
@@ -58,8 +63,14 @@ class Recorder:
         self.writes.append(Shown(index, content, view))
         self.wrote.set()
 
-    async def finish(self, parts: Sequence[str], view: discord.ui.View | None = None) -> None:
+    async def finish(
+        self,
+        parts: Sequence[str],
+        view: discord.ui.View | None = None,
+        file: discord.File | None = None,
+    ) -> None:
         self.finished = list(parts)
+        self.attached = file
         for index, part in enumerate(parts):
             shown = (part, view if index == len(parts) - 1 else None)
             if index == len(self.shown) or self.shown[index] != shown:
@@ -164,6 +175,39 @@ async def test_text_arriving_together_is_shown_in_one_write() -> None:
         "one two three" + WRITING_MARKER,
         "one two three",
     ]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    words=st.lists(WORDS, min_size=1, max_size=400),
+    step=st.integers(min_value=1, max_value=60),
+    cap=st.integers(min_value=1, max_value=4),
+)
+async def test_a_capped_answer_never_needs_more_messages_than_its_cap(
+    words: list[str], step: int, cap: int
+) -> None:
+    """Past the cap, the last allowed message shows the growing end, then the whole answer
+    attached; the recorder refuses any write past the cap."""
+    text = "".join(words)
+    if not text.strip():
+        return
+    recorder = Recorder(cap=cap)
+    live = LiveReply(recorder, interval=0.0, view_factory=lambda: Marker(timeout=None), limit=LIMIT)
+    renderer = asyncio.create_task(live.run())
+    for end in [*range(step, len(text), step), len(text)]:
+        live.update(text[:end])
+        for _ in range(3):
+            await asyncio.sleep(0)
+    parts, file = capped(split_message(text, LIMIT), text, cap)
+    await live.close(parts, renderer, None, file)
+    assert [content for content, _ in recorder.shown] == parts
+    if len(split_message(text, LIMIT)) <= cap:
+        assert recorder.attached is None
+    else:
+        assert recorder.attached is not None
+        assert parts[-1] == replies.WHOLE_ANSWER_ATTACHED
+        recorder.attached.reset()
+        assert recorder.attached.fp.read() == text.encode()
 
 
 # --- Pacing of the final content, and writes Discord refuses ------------------------------------

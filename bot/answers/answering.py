@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 import discord
 
 from bot.answers import replies
+from bot.answers.attachment import capped
 from bot.answers.formatting import final_parts
 from bot.answers.messages import DeliveryFailed, MessageGone, Messages
 from bot.answers.streaming import LiveReply, write_final
@@ -198,7 +199,8 @@ class Answerer:
         note = replies.TRUNCATED_NOTE if answer.truncated else _footer(question, progress)
         view = await question.view_for(progress)
         # Cut off by a shutdown while sending, the answer itself is still the best close.
-        await _finish(reply, final_parts(answer.text, note), view)
+        parts, file = capped(final_parts(answer.text, note), answer.text, reply.cap)
+        await _finish(reply, parts, view, file)
         kind = "truncated" if answer.truncated else "answered"
         return Outcome(kind, answer.text, answer.usage, asyncio.get_running_loop().time())
 
@@ -225,7 +227,8 @@ class Answerer:
                 )
             except asyncio.CancelledError:
                 consumer.cancel()
-                await _close(live, final_parts(progress.text, replies.RESTARTED_NOTE), renderer)
+                parts = final_parts(progress.text, replies.RESTARTED_NOTE)
+                await _close(live, parts, renderer, whole=progress.text)
                 raise
             if renderer in done:
                 # It ends early only by raising: the messages are gone, or Discord kept
@@ -240,10 +243,11 @@ class Answerer:
             on_model_done()
             if not stopped and consumer.exception() is not None:
                 # Unexpected: keep what was written, leave the apology to the tree.
-                await _close(live, final_parts(progress.text), renderer)
+                await _close(live, final_parts(progress.text), renderer, whole=progress.text)
                 consumer.result()
             parts = streamed_parts(progress, stopped=stopped, footer=_footer(question, progress))
-            await _close(live, parts, renderer, await question.view_for(progress))
+            view = await question.view_for(progress)
+            await _close(live, parts, renderer, view, whole=progress.text)
             return Outcome(
                 streamed_kind(progress, stopped=stopped),
                 progress.text,
@@ -314,20 +318,29 @@ async def _close(
     parts: list[str],
     renderer: asyncio.Task[None],
     view: discord.ui.View | None = None,
+    *,
+    whole: str,
 ) -> None:
-    """Close `live` with `parts`; if cancelled meanwhile, still write them, then re-raise."""
+    """Close `live` with `parts`, within its cap (past it, with `whole`, the complete
+    answer, attached: `capped`); if cancelled meanwhile, still write them, then re-raise."""
+    parts, file = capped(parts, whole, live.messages.cap)
     try:
-        await live.close(parts, renderer, view)
+        await live.close(parts, renderer, view, file)
     except asyncio.CancelledError:
         # The renderer was cancelled with us; the final parts are still the right close.
-        await _finish(live.messages, parts, view)
+        await _finish(live.messages, parts, view, file)
         raise
 
 
-async def _finish(reply: Messages, parts: list[str], view: discord.ui.View | None = None) -> None:
-    """`reply.finish(parts, view)`, retried while Discord fails (`write_final`), and
+async def _finish(
+    reply: Messages,
+    parts: list[str],
+    view: discord.ui.View | None = None,
+    file: discord.File | None = None,
+) -> None:
+    """`reply.finish(parts, view, file)`, retried while Discord fails (`write_final`), and
     completed even when the caller is cancelled meanwhile."""
-    writing = asyncio.ensure_future(write_final(lambda: reply.finish(parts, view)))
+    writing = asyncio.ensure_future(write_final(lambda: reply.finish(parts, view, file)))
     try:
         await asyncio.shield(writing)
     except asyncio.CancelledError:

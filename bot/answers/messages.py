@@ -38,6 +38,14 @@ class Messages(Protocol):
     def count(self) -> int: ...
 
     @property
+    def cap(self) -> int | None:
+        """The most messages the answer may have (None: as many as it needs).
+
+        An answer needing more is sent as `cap - 1` of its messages and a last one with
+        the whole answer attached (see `bot.answers.attachment`)."""
+        ...
+
+    @property
     def message_ids(self) -> Sequence[int]:
         """The ids of the messages shown so far, in order (empty where there are none)."""
         ...
@@ -52,7 +60,13 @@ class Messages(Protocol):
         """
         ...
 
-    async def finish(self, parts: Sequence[str], view: discord.ui.View | None = None) -> None:
-        """Show exactly `parts`, the last one with `view` and the others without buttons;
-        raises like `show`."""
+    async def finish(
+        self,
+        parts: Sequence[str],
+        view: discord.ui.View | None = None,
+        file: discord.File | None = None,
+    ) -> None:
+        """Show exactly `parts`, the last one with `view` and `file` attached and the others
+        without buttons; raises like `show`. `file` may be written more than once (it is
+        reset before each write)."""
         ...

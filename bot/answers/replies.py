@@ -167,3 +167,9 @@ def _size(size: int) -> str:
     if size >= 1024:
         return f"{size / 1024:.3g} KB"
     return f"{size:,} bytes"
+
+
+WHOLE_ANSWER_ATTACHED = (
+    "*(This answer is longer than the messages I may send here: "
+    "the whole answer is in the attached file.)*"
+)

@@ -63,6 +63,7 @@ class LiveReply:
         self._text = ""
         self._final: Sequence[str] | None = None
         self._final_view: discord.ui.View | None = None
+        self._final_file: discord.File | None = None
         self._changed = asyncio.Event()
         self._closing = asyncio.Event()
         self._sealed = 0
@@ -86,13 +87,15 @@ class LiveReply:
         parts: Sequence[str],
         renderer: asyncio.Task[None],
         view: discord.ui.View | None = None,
+        file: discord.File | None = None,
     ) -> None:
         """Stop showing progress and make the channel show exactly `parts`, the last one
-        with `view`.
+        with `view` and `file`.
 
         Raises what `run()` raised, if it ended early or fails now.
         """
         self._final_view = view
+        self._final_file = file
         self._final = parts
         self._changed.set()
         self._closing.set()
@@ -148,19 +151,25 @@ class LiveReply:
         if not parts:
             return
         settled = settled_count(text, self._limit)
+        cap = self._reply.cap
+        if cap is not None:
+            # The last message allowed shows whatever is being written: the final one
+            # may be the note with the whole answer attached.
+            settled = min(settled, cap - 1)
         while self._sealed < settled:
             await self._show(self._sealed, parts[self._sealed], loop, live=False)
             self._sealed += 1
+        growing = parts[self._sealed] if cap is None or self._sealed < cap - 1 else parts[-1]
         if self._final is None:
-            await self._show(self._sealed, self._live_text(parts[self._sealed]), loop, live=True)
+            await self._show(self._sealed, self._live_text(growing), loop, live=True)
 
     async def _render_final(self, parts: Sequence[str], loop: asyncio.AbstractEventLoop) -> None:
         last = len(parts) - 1
         for index in range(self._sealed, last):
             show = functools.partial(self._show, index, parts[index], loop, live=False, paced=False)
             await self._retrying(show)
-        view = self._final_view
-        await self._retrying(functools.partial(self._reply.finish, parts, view))
+        view, file = self._final_view, self._final_file
+        await self._retrying(functools.partial(self._reply.finish, parts, view, file))
 
     async def _retrying(self, write: Callable[[], Awaitable[None]]) -> None:
         await write_final(write)

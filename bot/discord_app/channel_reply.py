@@ -84,6 +84,9 @@ class ChannelReply:
     def count(self) -> int:
         return len(self._messages)
 
+    cap: int | None = None
+    """A channel takes as many messages as an answer needs."""
+
     @property
     def message_ids(self) -> list[int]:
         return [message.id for message in self._messages]
@@ -141,11 +144,24 @@ class ChannelReply:
         self._messages.append(sent)
         self._shown.append((content, view))
 
-    async def finish(self, parts: Sequence[str], view: discord.ui.View | None = None) -> None:
-        """Show exactly `parts`, the last with `view`; surplus earlier messages are deleted."""
+    async def finish(
+        self,
+        parts: Sequence[str],
+        view: discord.ui.View | None = None,
+        file: discord.File | None = None,
+    ) -> None:
+        """Show exactly `parts`, the last with `view` and `file`; surplus earlier messages
+        are deleted."""
         self.stop_typing()
         for index, part in enumerate(parts):
             await self.show(index, part, view if index == len(parts) - 1 else None)
+        if file is not None and parts:
+            # A channel has no cap on messages: only a caller's own file gets here.
+            file.reset()
+            await self._pacer.take(self._channel_id)
+            with _translated(self._channel_id):
+                last = len(parts) - 1
+                self._messages[last] = await self._messages[last].edit(attachments=[file])
         while len(self._messages) > len(parts):
             message = self._messages.pop()
             self._shown.pop()

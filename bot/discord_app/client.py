@@ -58,6 +58,9 @@ class AskBot(commands.Bot):
             allowed_contexts=app_commands.AppCommandContext(
                 guild=True, dm_channel=dms, private_channel=dms
             ),
+            # Servers add the app, and so can people, to their own account: then /ask
+            # works wherever they are and apps are allowed (access rules still apply).
+            allowed_installs=app_commands.AppInstallationType(guild=True, user=True),
             http_trace=fair_use.metrics.discord_trace(),
         )
         self._fair_use = fair_use

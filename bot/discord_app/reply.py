@@ -32,12 +32,16 @@ class Reply:
     The interaction must already be acknowledged with a defer. The first message
     sent replaces the "thinking…" message (after a defer, the first followup *is*
     the original response); later ones follow it. A message is edited only when its
-    content or its buttons change, so repeated calls cost no requests.
+    content or its buttons change, so repeated calls cost no requests. `cap` is the most
+    messages Discord lets the interaction send (None: no limit); asking for more is a bug.
     """
 
-    def __init__(self, followup: discord.Webhook, *, ephemeral: bool = False) -> None:
+    def __init__(
+        self, followup: discord.Webhook, *, ephemeral: bool = False, cap: int | None = None
+    ) -> None:
         self._followup = followup
         self._ephemeral = ephemeral
+        self._cap = cap
         self._messages: list[discord.WebhookMessage] = []
         self._shown: list[tuple[str, discord.ui.View | None]] = []
 
@@ -45,6 +49,10 @@ class Reply:
     def count(self) -> int:
         """How many messages have been sent so far."""
         return len(self._messages)
+
+    @property
+    def cap(self) -> int | None:
+        return self._cap
 
     @property
     def message_ids(self) -> list[int]:
@@ -64,8 +72,18 @@ class Reply:
         with translate_failures():
             await self._show(index, content, view)
 
-    async def _show(self, index: int, content: str, view: discord.ui.View | None) -> None:
-        if index < len(self._messages):
+    async def _show(
+        self,
+        index: int,
+        content: str,
+        view: discord.ui.View | None,
+        file: discord.File | None = None,
+    ) -> None:
+        if self._cap is not None and index >= self._cap:
+            raise IndexError(f"message {index} requested past the cap of {self._cap}")
+        if file is not None:
+            await self._attach(index, content, view, file)
+        elif index < len(self._messages):
             if self._shown[index] == (content, view):
                 return
             message = self._messages[index]
@@ -85,10 +103,43 @@ class Reply:
         else:
             self._shown.append((content, view))
 
-    async def finish(self, parts: Sequence[str], view: discord.ui.View | None = None) -> None:
-        """Show exactly `parts`, the last with `view`; surplus earlier messages are deleted."""
+    async def _attach(
+        self, index: int, content: str, view: discord.ui.View | None, file: discord.File
+    ) -> None:
+        file.reset()  # a retried write sends the file again from its start
+        if index < len(self._messages):
+            message = self._messages[index]
+            self._messages[index] = await message.edit(
+                content=content, view=view, attachments=[file]
+            )
+        elif index == len(self._messages):
+            self._messages.append(
+                await self._followup.send(
+                    content,
+                    wait=True,
+                    ephemeral=self._ephemeral,
+                    file=file,
+                    view=view or discord.utils.MISSING,
+                )
+            )
+        else:
+            raise IndexError(f"message {index} requested after only {len(self._messages)}")
+
+    async def finish(
+        self,
+        parts: Sequence[str],
+        view: discord.ui.View | None = None,
+        file: discord.File | None = None,
+    ) -> None:
+        """Show exactly `parts`, the last with `view` and `file`; surplus earlier messages
+        are deleted."""
+        last = len(parts) - 1
         for index, part in enumerate(parts):
-            await self.show(index, part, view if index == len(parts) - 1 else None)
+            if index == last and file is not None:
+                with translate_failures():
+                    await self._show(index, part, view, file)
+            else:
+                await self.show(index, part, view if index == last else None)
         while len(self._messages) > len(parts):
             message = self._messages.pop()
             self._shown.pop()
@@ -126,7 +177,9 @@ class InteractionSurface:
     def __init__(self, interaction: discord.Interaction, *, private: bool) -> None:
         self._interaction = interaction
         self._private = private
-        self.messages = Reply(interaction.followup, ephemeral=private)
+        self.messages = Reply(
+            interaction.followup, ephemeral=private, cap=followup_cap(interaction)
+        )
 
     @property
     def id(self) -> int:
@@ -157,6 +210,22 @@ class InteractionSurface:
     def unanswerable(self) -> str | None:
         # An interaction's response needs no permission in the channel.
         return None
+
+
+USER_INSTALL_FOLLOWUPS = 5
+"""Discord's limit of followup messages for an interaction of an app installed only by the
+person using it (its authorizing integration owners have no guild install)."""
+
+
+def followup_cap(interaction: discord.Interaction) -> int | None:
+    """How many followup messages Discord lets `interaction` send (None: no limit)."""
+    # discord.py keeps the owners only privately; is_guild_integration() is False in DMs.
+    owners = interaction._integration_owners
+    if discord.app_commands.AppInstallationType.GUILD in owners:
+        return None
+    if discord.app_commands.AppInstallationType.USER in owners:
+        return USER_INSTALL_FOLLOWUPS
+    return None
 
 
 def origin_of(interaction: discord.Interaction) -> access.Origin:

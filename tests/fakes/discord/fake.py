@@ -52,6 +52,7 @@ from .state import (
     APPLICATION_COMMAND,
     DM,
     EVERYONE_PERMISSIONS,
+    GROUP_DM,
     MESSAGE_COMPONENT,
     MODAL_SUBMIT,
     SEND_MESSAGES,
@@ -235,6 +236,25 @@ class FakeDiscord:
     def users(self) -> list[User]:
         return list(self.world.users)
 
+    @property
+    def external_channel_id(self) -> int:
+        """A text channel in another server the people are in and the bot is not."""
+        return self.world.external_channel_id
+
+    @property
+    def group_dm_id(self) -> int:
+        """A group DM of the people, which the bot is not in."""
+        return self.world.group_dm_id
+
+    @property
+    def external_apps_public(self) -> bool:
+        """Whether the external server lets members' own apps answer in public."""
+        return self.world.external_apps_public
+
+    @external_apps_public.setter
+    def external_apps_public(self, value: bool) -> None:
+        self.world.external_apps_public = value
+
     def dm_channel_id(self, user: User | None = None) -> int:
         return self.world.dm_channel(user or self.user).id
 
@@ -248,19 +268,32 @@ class FakeDiscord:
         user: User | None = None,
         dm: bool = False,
         channel_id: int | None = None,
+        user_installed: bool = False,
     ) -> InteractionHandle:
         """``user`` runs ``/command`` in the guild's channel, in ``channel_id`` (a thread,
-        say) or in their DM with the bot.
+        say; :attr:`external_channel_id` is in a server the bot is not in) or in their DM
+        with the bot.
 
-        The command must be registered where it is used, as on Discord.
+        The command must be registered where it is used, as on Discord. With
+        ``user_installed`` the person has also added the app to their own account (in
+        the external server that is the only way the command is there).
         """
         world = self.world
         person = user or world.user
         where = channel_id or world.channel_id
         channel = world.dm_channel(person) if dm else world.channel(where)
-        data = command_data(world, channel, command, options or {})
+        own = (
+            user_installed
+            or channel.guild_id == world.external_guild_id
+            or channel.type == GROUP_DM
+        )
+        data = command_data(world, channel, command, options or {}, user_installed=own)
         interaction = world.new_interaction(
-            type=APPLICATION_COMMAND, channel=channel, user=person, command_name=command
+            type=APPLICATION_COMMAND,
+            channel=channel,
+            user=person,
+            command_name=command,
+            user_installed=own,
         )
         return self._dispatch(interaction.id, data)
 
@@ -618,6 +651,8 @@ class FakeDiscord:
     def _publish_message(self, event: str, message: Message) -> None:
         world = self.world
         channel = world.channels[message.channel_id]
+        if channel.guild_id not in (None, world.guild_id) or channel.type == GROUP_DM:
+            return  # the bot gets no events of a server or group DM it is not in
         if event == "MESSAGE_DELETE":
             data: dict[str, object] = {"id": str(message.id), "channel_id": str(channel.id)}
             if channel.guild_id is not None:
@@ -633,6 +668,8 @@ class FakeDiscord:
 
     def _publish_typing(self, channel: Channel, user: User) -> None:
         world = self.world
+        if channel.guild_id not in (None, world.guild_id) or channel.type == GROUP_DM:
+            return
         data: dict[str, object] = {
             "channel_id": str(channel.id),
             "user_id": str(user.id),

@@ -20,6 +20,7 @@ from .payloads import upload_payload
 from .state import (
     ATTACHMENT_SIZE_LIMIT,
     DM,
+    GROUP_DM,
     Attachment,
     Channel,
     Interaction,
@@ -47,14 +48,21 @@ _LINK_STYLE = 5
 
 
 def command_data(
-    world: World, channel: Channel, name: str, options: Mapping[str, OptionValue]
+    world: World,
+    channel: Channel,
+    name: str,
+    options: Mapping[str, OptionValue],
+    *,
+    user_installed: bool = False,
 ) -> JsonObject:
     """The ``data`` of an APPLICATION_COMMAND interaction for ``/name`` with ``options``.
 
-    Raises ``LookupError`` when no such command is registered where ``channel`` is, and
-    ``ValueError`` for options Discord's client would not let a person submit.
+    Raises ``LookupError`` when no such command is registered where ``channel`` is (for
+    the person's own install when ``user_installed``: global commands for that
+    integration type only), and ``ValueError`` for options Discord's client would not
+    let a person submit.
     """
-    command, guild_id = _find_command(world, channel, name)
+    command, guild_id = _find_command(world, channel, name, user_installed=user_installed)
     declared = {option["name"]: option for option in command.get("options") or []}
     unknown = set(options) - set(declared)
     if unknown:
@@ -97,23 +105,30 @@ def _upload(world: World, upload: Upload) -> Attachment:
     return attachment
 
 
-def _find_command(world: World, channel: Channel, name: str) -> tuple[JsonObject, int | None]:
+def _find_command(
+    world: World, channel: Channel, name: str, *, user_installed: bool
+) -> tuple[JsonObject, int | None]:
     scopes: list[int | None] = [None]
-    if channel.guild_id is not None:
+    if channel.guild_id is not None and not user_installed:
+        # Guild commands exist only through the server's install.
         scopes.insert(0, channel.guild_id)
+    install = 1 if user_installed else 0
     for scope in scopes:
         for command in world.commands.get(scope, []):
             if command["name"] != name or command["type"] != 1:
                 continue
+            if install not in (command.get("integration_types") or [0]):
+                continue
             contexts = command.get("contexts")
-            context = 1 if channel.type == DM else 0
+            context = {DM: 1, GROUP_DM: 2}.get(channel.type, 0)
             if contexts is not None and context not in contexts:
                 continue
             if contexts is None and context == 1 and not command.get("dm_permission", True):
                 continue
             return command, scope
-    where = "in DMs" if channel.type == DM else "in the guild"
-    raise LookupError(f"no command /{name} is registered for use {where}")
+    where = "in DMs" if channel.type in (DM, GROUP_DM) else "in the guild"
+    via = " through a user install" if user_installed else ""
+    raise LookupError(f"no command /{name} is registered for use {where}{via}")
 
 
 def _check_value(command: str, option: JsonObject, value: Any) -> None:

@@ -69,6 +69,8 @@ API_PREFIX = "/api/v10"
 # Route templates, as Call.route names them and fault injection takes them.
 CALLBACK = "/interactions/{interaction_id}/{interaction_token}/callback"
 FOLLOWUP = "/webhooks/{webhook_id}/{webhook_token}"
+# Followups an interaction gets when it came through a person's own install alone.
+USER_INSTALL_FOLLOWUPS = 5
 WEBHOOK_ORIGINAL = "/webhooks/{webhook_id}/{webhook_token}/messages/@original"
 WEBHOOK_MESSAGE = "/webhooks/{webhook_id}/{webhook_token}/messages/{message_id}"
 # Every message an interaction token reaches: its original response and its followups.
@@ -623,6 +625,7 @@ class Rest:
         self, interaction: Interaction, kind: int, data: JsonObject, files: list[Attachment]
     ) -> Message | None:
         world = self._world
+        forced = rules.EPHEMERAL if world.forced_ephemeral(interaction) else 0
         if kind == CHANNEL_MESSAGE_WITH_SOURCE:
             message = world.create_message(
                 interaction.channel_id,
@@ -632,13 +635,13 @@ class Rest:
                 type=world.response_type(interaction),
                 webhook_id=world.application_id,
                 interaction=interaction,
-                flags=rules.flags_of(data) & rules.SENDABLE_FLAGS,
+                flags=(rules.flags_of(data) & rules.SENDABLE_FLAGS) | forced,
             )
             interaction.original_id = message.id
             interaction.message_ids.append(message.id)
             return message
         if kind == DEFERRED_CHANNEL_MESSAGE:
-            ephemeral = bool(rules.flags_of(data) & rules.EPHEMERAL)
+            ephemeral = bool((rules.flags_of(data) | forced) & rules.EPHEMERAL)
             message = world.create_loading_message(interaction, ephemeral=ephemeral)
             interaction.original_id = message.id
             interaction.message_ids.append(message.id)
@@ -684,6 +687,12 @@ class Rest:
         world = self._world
         interaction = self._webhook_interaction(incoming.params)
         body = _object(incoming.body)
+        if interaction.only_user_installed:
+            # Counted for every followup, the one that fills a deferred placeholder too.
+            if interaction.followups >= USER_INSTALL_FOLLOWUPS:
+                raise errors.max_followups()
+            interaction.followups += 1
+        forced = rules.EPHEMERAL if world.forced_ephemeral(interaction) else 0
         original = world.messages.get(interaction.original_id or 0)
         if original is not None and original.loading and not original.deleted:
             # The first followup after a defer is the answer: it fills the placeholder, and
@@ -699,7 +708,7 @@ class Rest:
                 type=world.response_type(interaction),
                 webhook_id=world.application_id,
                 interaction=interaction,
-                flags=rules.flags_of(body) & rules.SENDABLE_FLAGS,
+                flags=(rules.flags_of(body) & rules.SENDABLE_FLAGS) | forced,
             )
             interaction.message_ids.append(message.id)
         return Reply(200, self._payload(message))
