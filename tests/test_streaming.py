@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from bot.answers.chunking import split_message
 from bot.answers.formatting import final_parts
-from bot.answers.messages import DeliveryFailed, MessageGone
+from bot.answers.messages import Attachment, DeliveryFailed, MessageGone
 from bot.answers.streaming import FINAL_ATTEMPTS, WRITING_MARKER, LiveReply
 
 LIMIT = 200
@@ -34,6 +34,8 @@ class Recorder:
     shown: list[tuple[str, discord.ui.View | None]] = field(default_factory=list)
     writes: list[Shown] = field(default_factory=list)
     finished: list[str] | None = None
+    file: Attachment | None = None
+    """The file the last `finish` attached."""
     wrote: asyncio.Event = field(default_factory=asyncio.Event)
     """Set by every accepted write."""
 
@@ -58,8 +60,14 @@ class Recorder:
         self.writes.append(Shown(index, content, view))
         self.wrote.set()
 
-    async def finish(self, parts: Sequence[str], view: discord.ui.View | None = None) -> None:
+    async def finish(
+        self,
+        parts: Sequence[str],
+        view: discord.ui.View | None = None,
+        file: Attachment | None = None,
+    ) -> None:
         self.finished = list(parts)
+        self.file = file
         for index, part in enumerate(parts):
             shown = (part, view if index == len(parts) - 1 else None)
             if index == len(self.shown) or self.shown[index] != shown:

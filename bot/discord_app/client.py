@@ -72,6 +72,7 @@ class AskBot(commands.Bot):
             self._completer,
             stream=self._settings.stream_responses,
             edit_interval=self._settings.stream_edit_interval,
+            attach_reasoning=self._settings.show_reasoning == "file",
         )
         conversations = Conversations(
             AskPipeline(answerer, self._fair_use),

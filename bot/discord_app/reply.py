@@ -9,12 +9,13 @@ which live as long as the interaction's token (15 minutes).
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 from collections.abc import Iterator, Sequence
 
 import discord
 
-from bot.answers.messages import DeliveryFailed, MessageGone
+from bot.answers.messages import Attachment, DeliveryFailed, MessageGone
 from bot.discord_app import pipeline
 from bot.fair_use import access
 
@@ -64,19 +65,31 @@ class Reply:
         with translate_failures():
             await self._show(index, content, view)
 
-    async def _show(self, index: int, content: str, view: discord.ui.View | None) -> None:
+    async def _show(
+        self,
+        index: int,
+        content: str,
+        view: discord.ui.View | None,
+        file: Attachment | None = None,
+    ) -> None:
         if index < len(self._messages):
-            if self._shown[index] == (content, view):
+            if self._shown[index] == (content, view) and file is None:
                 return
             message = self._messages[index]
-            self._messages[index] = await message.edit(content=content, view=view)
-        elif index == len(self._messages):
-            if view is None:
-                message = await self._followup.send(content, wait=True, ephemeral=self._ephemeral)
+            if file is None:
+                self._messages[index] = await message.edit(content=content, view=view)
             else:
-                message = await self._followup.send(
-                    content, wait=True, ephemeral=self._ephemeral, view=view
+                self._messages[index] = await message.edit(
+                    content=content, view=view, attachments=[_discord_file(file)]
                 )
+        elif index == len(self._messages):
+            message = await self._followup.send(
+                content,
+                wait=True,
+                ephemeral=self._ephemeral,
+                view=view or discord.utils.MISSING,
+                file=_discord_file(file) if file is not None else discord.utils.MISSING,
+            )
             self._messages.append(message)
         else:
             raise IndexError(f"message {index} requested after only {len(self._messages)}")
@@ -85,15 +98,31 @@ class Reply:
         else:
             self._shown.append((content, view))
 
-    async def finish(self, parts: Sequence[str], view: discord.ui.View | None = None) -> None:
-        """Show exactly `parts`, the last with `view`; surplus earlier messages are deleted."""
+    async def finish(
+        self,
+        parts: Sequence[str],
+        view: discord.ui.View | None = None,
+        file: Attachment | None = None,
+    ) -> None:
+        """Show exactly `parts`, the last with `view` and `file`; surplus earlier messages
+        are deleted."""
+        last = len(parts) - 1
         for index, part in enumerate(parts):
-            await self.show(index, part, view if index == len(parts) - 1 else None)
+            if index == last:
+                with translate_failures():
+                    await self._show(index, part, view, file)
+            else:
+                await self.show(index, part)
         while len(self._messages) > len(parts):
             message = self._messages.pop()
             self._shown.pop()
             with translate_failures():
                 await message.delete()
+
+
+def _discord_file(file: Attachment) -> discord.File:
+    """A fresh upload of `file` (a `discord.File` is spent by one request)."""
+    return discord.File(io.BytesIO(file.content), filename=file.filename)
 
 
 @contextlib.contextmanager
