@@ -19,6 +19,7 @@ from bot.conversation.context import context_budget
 from bot.conversation.tokens import TokenCounter
 from bot.conversation.turns import ConversationStore
 from bot.discord_app.ask import Ask
+from bot.discord_app.ask_about import ask_about_menu
 from bot.discord_app.conversations import Conversations
 from bot.discord_app.follow_up import FollowUpButton
 from bot.discord_app.pacing import ChannelPacer
@@ -88,6 +89,7 @@ class AskBot(commands.Bot):
         # Buttons of answers sent before a restart are matched by their custom id.
         self.add_dynamic_items(FollowUpButton)
         await self.add_cog(Ask(conversations, self._fair_use))
+        self.tree.add_command(ask_about_menu(conversations))
         guild_id = self._settings.discord_guild_id
         if self._sync_on_start and guild_id is not None:
             guild = discord.Object(id=guild_id)
