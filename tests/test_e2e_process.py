@@ -160,7 +160,7 @@ async def test_sync_registers_the_commands_for_every_server_then_exits(
     # needs no gateway connection.
     assert [sync.guild_id for sync in fake_discord.command_syncs] == [None]
     assert fake_discord.gateway.readies_sent == 0
-    assert "synced 3 command(s) globally" in bot.output
+    assert "synced 4 command(s) globally" in bot.output
     assert not fake_openai.requests
 
 

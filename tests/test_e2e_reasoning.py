@@ -9,17 +9,23 @@ with SHOW_REASONING=file it is attached to the answer's last message as `reasoni
 
 from __future__ import annotations
 
+import asyncio
+import io
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 
 from bot.answers import replies
 from bot.answers.streaming import WRITING_MARKER
+from bot.config import load_settings
+from bot.model.llm import Completer
+from bot.terminal import Terminal
 from tests.fakes.discord import FakeDiscord, InteractionHandle, VisibleMessage
-from tests.fakes.openai_server import FakeOpenAI, Reply, StreamReply
+from tests.fakes.openai_server import FakeOpenAI, Reply, StreamGate, StreamReply
 from tests.stack import FOLLOW_UP, Stack, button_labels, no_live_buttons, run_stack
 
 STATUS = re.compile(re.escape(replies.THINKING) + r" \d+ s")
@@ -210,3 +216,92 @@ async def test_reasoning_attached_to_an_answer_in_the_channel(
     assert attachment_data(fake_discord, answer[0]) == {
         replies.REASONING_FILE: f"{REASONING}\n".encode()
     }
+
+
+# --- The terminal ---------------------------------------------------------------------------
+
+
+class Screen(io.StringIO):
+    """A terminal's stderr: a tty, so the status shows; each write can be waited for."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.changed = asyncio.Event()
+
+    def isatty(self) -> bool:
+        return True
+
+    def write(self, text: str, /) -> int:
+        self.changed.set()
+        return super().write(text)
+
+    async def showing(self, text: str) -> None:
+        async with asyncio.timeout(30):
+            while text not in self.getvalue():
+                self.changed.clear()
+                await self.changed.wait()
+
+
+async def in_terminal(
+    model: FakeOpenAI, prompt: str, err: io.StringIO, *, stream: bool, show_reasoning: str
+) -> tuple[int, str]:
+    settings = load_settings(
+        {
+            "OPENAI_BASE_URL": model.base_url,
+            "STREAM_RESPONSES": str(stream).lower(),
+            "STREAM_EDIT_INTERVAL": "0.01",
+            "SHOW_REASONING": show_reasoning,
+        },
+        require_discord=False,
+    )
+    out = io.StringIO()
+    async with openai.AsyncOpenAI(base_url=model.base_url, api_key="k", max_retries=0) as client:
+        terminal = Terminal(Completer.from_settings(client, settings), settings, out=out, err=err)
+        status = await terminal.answer(prompt)
+    return status, out.getvalue()
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["streamed", "not_streamed"])
+@pytest.mark.parametrize(
+    "reply",
+    [
+        StreamReply(ANSWER, reasoning=REASONING),
+        StreamReply(f"<think>\n{REASONING}\n</think>\n\n{ANSWER}"),
+        StreamReply(f"{REASONING}</think>{ANSWER}"),
+    ],
+    ids=["field", "inline", "opened_by_the_template"],
+)
+async def test_the_terminal_prints_the_answer_alone(
+    fake_openai: FakeOpenAI, reply: StreamReply, stream: bool
+) -> None:
+    fake_openai.script(reply)
+    err = Screen()
+    status, out = await in_terminal(
+        fake_openai, "What is six times seven?", err, stream=stream, show_reasoning="file"
+    )
+    assert status == 0
+    assert out.startswith(f"{ANSWER}\n")
+    assert "forty-two" not in out + err.getvalue()
+    assert f"{replies.REASONING_FILE}: {len(REASONING) + 1} bytes" in err.getvalue()
+
+
+async def test_the_terminal_shows_the_status_on_stderr_while_the_model_thinks(
+    fake_openai: FakeOpenAI,
+) -> None:
+    gate: StreamGate = fake_openai.gated_stream()
+    err = Screen()
+    answering = asyncio.create_task(
+        in_terminal(
+            fake_openai, "What is six times seven?", err, stream=True, show_reasoning="false"
+        )
+    )
+    await gate.started()
+    await gate.send_reasoning(REASONING)
+    await err.showing(replies.THINKING.removeprefix("-# "))
+    await gate.send(ANSWER)
+    await gate.finish()
+    status, out = await answering
+
+    assert status == 0
+    assert out.startswith(f"{ANSWER}\n")
+    assert "Thinking" not in out  # the status is never part of the answer
