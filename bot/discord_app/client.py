@@ -1,8 +1,9 @@
 """The Discord client: safe defaults, the commands, follow-ups, and command syncing.
 
-It needs no privileged intent: slash commands and buttons arrive as interactions, and
-the messages it reads (replies to its answers, mentions of it) carry their content
-without the Message Content intent, because they mention the bot.
+It needs no privileged intent: slash commands, the "Ask about this" message command (the
+message comes resolved in it) and buttons arrive as interactions, and the messages it reads
+(replies to its answers, mentions of it) carry their content without the Message Content
+intent, because they mention the bot.
 """
 
 from __future__ import annotations
