@@ -152,6 +152,7 @@ async def test_sync_registers_the_commands_for_every_server_then_exits(
 
     assert status == EXIT_OK, bot.output
     assert sorted(str(command["name"]) for command in fake_discord.commands()) == [
+        "Ask about this",
         "ask",
         "forget",
         "usage",
@@ -395,6 +396,7 @@ async def test_sync_opens_neither_the_metrics_port_nor_the_usage_database(
 
     assert status == EXIT_OK, bot.output
     assert sorted(str(command["name"]) for command in fake_discord.commands()) == [
+        "Ask about this",
         "ask",
         "forget",
         "usage",
@@ -418,6 +420,7 @@ async def test_sync_with_a_development_server_removes_its_copies_and_says_so(
 
     assert status == EXIT_OK, sync.output
     assert sorted(str(command["name"]) for command in fake_discord.commands()) == [
+        "Ask about this",
         "ask",
         "forget",
         "usage",
