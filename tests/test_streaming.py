@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -11,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bot.answers import replies
 from bot.answers.chunking import split_message
 from bot.answers.formatting import final_parts
 from bot.answers.messages import Attachment, DeliveryFailed, MessageGone
@@ -172,6 +174,28 @@ async def test_text_arriving_together_is_shown_in_one_write() -> None:
         "one two three" + WRITING_MARKER,
         "one two three",
     ]
+
+
+async def test_a_thinking_model_shows_a_status_until_its_answer_replaces_it() -> None:
+    recorder = Recorder()
+    live = LiveReply(recorder, interval=0.0, view_factory=lambda: Marker(timeout=None), limit=LIMIT)
+    renderer = asyncio.create_task(live.run())
+    live.think()
+    await recorder.wrote.wait()
+    status, view = recorder.shown[0]
+    assert re.fullmatch(re.escape(replies.THINKING) + r" \d+ s", status)
+    assert view is not None  # the Stop button works while it thinks
+    assert live.first_shown_at is None  # a status is not answer text
+
+    recorder.wrote.clear()
+    live.update("Forty")
+    await recorder.wrote.wait()
+    assert recorder.shown == [("Forty" + WRITING_MARKER, view)]
+    assert live.first_shown_at is not None
+    reasoning = Attachment(replies.REASONING_FILE, b"six times seven\n")
+    await live.close(["Forty-two."], renderer, file=reasoning)
+    assert recorder.shown == [("Forty-two.", None)]
+    assert recorder.file == reasoning
 
 
 # --- Pacing of the final content, and writes Discord refuses ------------------------------------
