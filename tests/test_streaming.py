@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -15,7 +16,7 @@ from bot.answers import replies
 from bot.answers.attachment import capped
 from bot.answers.chunking import split_message
 from bot.answers.formatting import final_parts
-from bot.answers.messages import DeliveryFailed, MessageGone
+from bot.answers.messages import Attachment, DeliveryFailed, MessageGone
 from bot.answers.streaming import FINAL_ATTEMPTS, WRITING_MARKER, LiveReply
 
 LIMIT = 200
@@ -38,6 +39,8 @@ class Recorder:
     shown: list[tuple[str, discord.ui.View | None]] = field(default_factory=list)
     writes: list[Shown] = field(default_factory=list)
     finished: list[str] | None = None
+    file: Attachment | None = None
+    """The file the last `finish` attached."""
     wrote: asyncio.Event = field(default_factory=asyncio.Event)
     """Set by every accepted write."""
 
@@ -67,10 +70,10 @@ class Recorder:
         self,
         parts: Sequence[str],
         view: discord.ui.View | None = None,
-        file: discord.File | None = None,
+        file: Attachment | None = None,
     ) -> None:
         self.finished = list(parts)
-        self.attached = file
+        self.file = file
         for index, part in enumerate(parts):
             shown = (part, view if index == len(parts) - 1 else None)
             if index == len(self.shown) or self.shown[index] != shown:
@@ -202,12 +205,33 @@ async def test_a_capped_answer_never_needs_more_messages_than_its_cap(
     await live.close(parts, renderer, None, file)
     assert [content for content, _ in recorder.shown] == parts
     if len(split_message(text, LIMIT)) <= cap:
-        assert recorder.attached is None
+        assert recorder.file is None
     else:
-        assert recorder.attached is not None
+        assert recorder.file is not None
         assert parts[-1] == replies.WHOLE_ANSWER_ATTACHED
-        recorder.attached.reset()
-        assert recorder.attached.fp.read() == text.encode()
+        assert recorder.file.content == text.encode()
+
+
+async def test_a_thinking_model_shows_a_status_until_its_answer_replaces_it() -> None:
+    recorder = Recorder()
+    live = LiveReply(recorder, interval=0.0, view_factory=lambda: Marker(timeout=None), limit=LIMIT)
+    renderer = asyncio.create_task(live.run())
+    live.think()
+    await recorder.wrote.wait()
+    status, view = recorder.shown[0]
+    assert re.fullmatch(re.escape(replies.THINKING) + r" \d+ s", status)
+    assert view is not None  # the Stop button works while it thinks
+    assert live.first_shown_at is None  # a status is not answer text
+
+    recorder.wrote.clear()
+    live.update("Forty")
+    await recorder.wrote.wait()
+    assert recorder.shown == [("Forty" + WRITING_MARKER, view)]
+    assert live.first_shown_at is not None
+    reasoning = Attachment(replies.REASONING_FILE, b"six times seven\n")
+    await live.close(["Forty-two."], renderer, file=reasoning)
+    assert recorder.shown == [("Forty-two.", None)]
+    assert recorder.file == reasoning
 
 
 # --- Pacing of the final content, and writes Discord refuses ------------------------------------

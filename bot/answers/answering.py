@@ -17,7 +17,7 @@ import discord
 from bot.answers import replies
 from bot.answers.attachment import capped
 from bot.answers.formatting import final_parts
-from bot.answers.messages import DeliveryFailed, MessageGone, Messages
+from bot.answers.messages import Attachment, DeliveryFailed, MessageGone, Messages
 from bot.answers.streaming import LiveReply, write_final
 from bot.model import llm
 from bot.model.vision import has_images, without_images
@@ -39,6 +39,8 @@ class Progress:
     error: llm.CompletionError | None = None
     images_dropped: bool = False
     """The model cannot see images: they were left out and the text alone was answered."""
+    reasoning: str = ""
+    """What a reasoning model thought first: never part of `text`, nor of any turn."""
 
 
 @dataclass(frozen=True)
@@ -97,11 +99,19 @@ class Answerer:
     """Turns questions into answers shown through a `Messages` implementation."""
 
     def __init__(
-        self, completer: llm.Completer, *, stream: bool = True, edit_interval: float = 1.0
+        self,
+        completer: llm.Completer,
+        *,
+        stream: bool = True,
+        edit_interval: float = 1.0,
+        attach_reasoning: bool = False,
     ) -> None:
+        """`attach_reasoning`: a reasoning model's thoughts go with the answer's last
+        message as `reasoning.md` (SHOW_REASONING=file)."""
         self._completer = completer
         self._stream = stream
         self._edit_interval = edit_interval
+        self._attach_reasoning = attach_reasoning
 
     @property
     def completer(self) -> llm.Completer:
@@ -195,12 +205,12 @@ class Answerer:
             raise
         on_model_done()
         progress.text, progress.usage = answer.text, answer.usage
-        progress.finish_reason = answer.finish_reason
+        progress.finish_reason, progress.reasoning = answer.finish_reason, answer.reasoning
         note = replies.TRUNCATED_NOTE if answer.truncated else _footer(question, progress)
         view = await question.view_for(progress)
         # Cut off by a shutdown while sending, the answer itself is still the best close.
         parts, file = capped(final_parts(answer.text, note), answer.text, reply.cap)
-        await _finish(reply, parts, view, file)
+        await _finish(reply, parts, view, file or self._reasoning_file(progress))
         kind = "truncated" if answer.truncated else "answered"
         return Outcome(kind, answer.text, answer.usage, asyncio.get_running_loop().time())
 
@@ -247,7 +257,8 @@ class Answerer:
                 consumer.result()
             parts = streamed_parts(progress, stopped=stopped, footer=_footer(question, progress))
             view = await question.view_for(progress)
-            await _close(live, parts, renderer, view, whole=progress.text)
+            reasoning = self._reasoning_file(progress)
+            await _close(live, parts, renderer, view, reasoning, whole=progress.text)
             return Outcome(
                 streamed_kind(progress, stopped=stopped),
                 progress.text,
@@ -257,6 +268,12 @@ class Answerer:
         finally:
             for task in (consumer, stop_waiter, renderer):
                 task.cancel()
+
+    def _reasoning_file(self, progress: Progress) -> Attachment | None:
+        """The `reasoning.md` of an answer, when asked for and the model reasoned."""
+        if not self._attach_reasoning or not progress.reasoning.strip():
+            return None
+        return reasoning_file(progress.reasoning)
 
     async def _consume(
         self, question: Question, live: LiveReply, progress: Progress, deadline: float | None
@@ -268,8 +285,13 @@ class Answerer:
                 async for chunk in self._completer.stream(current, deadline=deadline):
                     if chunk.text_was_reasoning:
                         # The model's template opened its reasoning unseen: what looked
-                        # like answer text so far was reasoning, and is no part of it.
+                        # like answer text so far was reasoning, and is no part of it
+                        # (this chunk's reasoning repeats it).
                         progress.text = ""
+                        live.update("")
+                    if chunk.reasoning:
+                        progress.reasoning += chunk.reasoning
+                        live.think()
                     if chunk.text:
                         progress.text += chunk.text
                         live.update(progress.text)
@@ -318,6 +340,7 @@ async def _close(
     parts: list[str],
     renderer: asyncio.Task[None],
     view: discord.ui.View | None = None,
+    file: Attachment | None = None,
     *,
     whole: str,
 ) -> None:
@@ -336,7 +359,7 @@ async def _finish(
     reply: Messages,
     parts: list[str],
     view: discord.ui.View | None = None,
-    file: discord.File | None = None,
+    file: Attachment | None = None,
 ) -> None:
     """`reply.finish(parts, view, file)`, retried while Discord fails (`write_final`), and
     completed even when the caller is cancelled meanwhile."""
@@ -350,6 +373,11 @@ async def _finish(
         if not writing.cancelled() and writing.exception() is not None:
             log.info("could not close an answer cut off by a shutdown: %s", writing.exception())
         raise
+
+
+def reasoning_file(reasoning: str) -> Attachment:
+    """A model's reasoning as the Markdown file shown with its answer."""
+    return Attachment(replies.REASONING_FILE, reasoning.strip().encode() + b"\n")
 
 
 def streamed_parts(progress: Progress, *, stopped: bool, footer: str | None = None) -> list[str]:

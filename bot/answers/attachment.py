@@ -8,19 +8,17 @@ in full, as `answer.md`.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 
-import discord
-
 from bot.answers import replies
+from bot.answers.messages import Attachment
 
 ANSWER_FILE = "answer.md"
 
 
 def capped(
     parts: Sequence[str], whole: str, cap: int | None
-) -> tuple[list[str], discord.File | None]:
+) -> tuple[list[str], Attachment | None]:
     """`parts` as at most `cap` messages, and the file for the last one (None: not needed).
 
     Past the cap, the first `cap - 1` parts are kept and the last message says that
@@ -32,6 +30,6 @@ def capped(
     return kept, answer_file(whole)
 
 
-def answer_file(text: str) -> discord.File:
+def answer_file(text: str) -> Attachment:
     """`text` as an `answer.md` attachment."""
-    return discord.File(io.BytesIO(text.encode()), filename=ANSWER_FILE)
+    return Attachment(ANSWER_FILE, text.encode())

@@ -11,6 +11,7 @@ An implementation raises one of two errors when the other side will not take a w
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import discord
@@ -29,6 +30,18 @@ class MessageGone(Exception):
 
 class DeliveryFailed(Exception):
     """A write was not accepted after retries; `str()` is for operators."""
+
+
+@dataclass(frozen=True)
+class Attachment:
+    """A file to attach to an answer's last message (e.g. the model's `reasoning.md`).
+
+    Plain bytes, not a `discord.File`: a final write may be retried, and each attempt
+    needs a fresh upload.
+    """
+
+    filename: str
+    content: bytes
 
 
 class Messages(Protocol):
@@ -64,9 +77,8 @@ class Messages(Protocol):
         self,
         parts: Sequence[str],
         view: discord.ui.View | None = None,
-        file: discord.File | None = None,
+        file: Attachment | None = None,
     ) -> None:
-        """Show exactly `parts`, the last one with `view` and `file` attached and the others
-        without buttons; raises like `show`. `file` may be written more than once (it is
-        reset before each write)."""
+        """Show exactly `parts`, the last one with `view` (and `file`, when given, as its
+        only attachment) and the others without buttons; raises like `show`."""
         ...

@@ -18,6 +18,14 @@ UNEXPECTED = (
 )
 TRUNCATED_NOTE = "*(The answer was cut off because it reached the length limit.)*"
 STOPPED_NOTE = "*(Stopped.)*"
+THINKING = "-# \N{THOUGHT BALLOON} Thinking\N{HORIZONTAL ELLIPSIS}"
+"""How the status a reasoning model's message shows before its answer begins."""
+REASONING_FILE = "reasoning.md"
+
+
+def thinking(seconds: float) -> str:
+    """The live status of an answer whose model has been reasoning for `seconds`."""
+    return f"{THINKING} {max(0, int(seconds))} s"
 
 
 def error_message(error: llm.CompletionError) -> str:

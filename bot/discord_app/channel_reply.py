@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 from collections.abc import Iterator, Sequence
 
 import discord
 
-from bot.answers.messages import MessageGone
+from bot.answers.messages import Attachment, MessageGone
 from bot.discord_app.pacing import ChannelPacer
 from bot.discord_app.reply import translate_failures
 from bot.fair_use import access
@@ -148,26 +149,28 @@ class ChannelReply:
         self,
         parts: Sequence[str],
         view: discord.ui.View | None = None,
-        file: discord.File | None = None,
+        file: Attachment | None = None,
     ) -> None:
         """Show exactly `parts`, the last with `view` and `file`; surplus earlier messages
         are deleted."""
         self.stop_typing()
         for index, part in enumerate(parts):
             await self.show(index, part, view if index == len(parts) - 1 else None)
-        if file is not None and parts:
-            # A channel has no cap on messages: only a caller's own file gets here.
-            file.reset()
-            await self._pacer.take(self._channel_id)
-            with _translated(self._channel_id):
-                last = len(parts) - 1
-                self._messages[last] = await self._messages[last].edit(attachments=[file])
         while len(self._messages) > len(parts):
             message = self._messages.pop()
             self._shown.pop()
             await self._pacer.take(self._channel_id)
             with _translated(self._channel_id):
                 await message.delete()
+        if file is not None and parts:
+            await self._attach(len(parts) - 1, file)
+
+    async def _attach(self, index: int, file: Attachment) -> None:
+        """Give message `index` `file` as its one attachment, keeping what it shows."""
+        await self._pacer.take(self._channel_id)
+        upload = discord.File(io.BytesIO(file.content), filename=file.filename)
+        with _translated(self._channel_id):
+            self._messages[index] = await self._messages[index].edit(attachments=[upload])
 
 
 @contextlib.contextmanager

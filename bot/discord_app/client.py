@@ -1,8 +1,9 @@
 """The Discord client: safe defaults, the commands, follow-ups, and command syncing.
 
-It needs no privileged intent: slash commands and buttons arrive as interactions, and
-the messages it reads (replies to its answers, mentions of it) carry their content
-without the Message Content intent, because they mention the bot.
+It needs no privileged intent: slash commands, the "Ask about this" message command (the
+message comes resolved in it) and buttons arrive as interactions, and the messages it reads
+(replies to its answers, mentions of it) carry their content without the Message Content
+intent, because they mention the bot.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from bot.conversation.files import FileRules
 from bot.conversation.tokens import TokenCounter
 from bot.conversation.turns import ConversationStore
 from bot.discord_app.ask import Ask
+from bot.discord_app.ask_about import ask_about_menu
 from bot.discord_app.conversations import Conversations
 from bot.discord_app.follow_up import FollowUpButton
 from bot.discord_app.pacing import ChannelPacer
@@ -76,6 +78,7 @@ class AskBot(commands.Bot):
             self._completer,
             stream=self._settings.stream_responses,
             edit_interval=self._settings.stream_edit_interval,
+            attach_reasoning=self._settings.show_reasoning == "file",
         )
         conversations = Conversations(
             AskPipeline(answerer, self._fair_use),
@@ -94,6 +97,7 @@ class AskBot(commands.Bot):
         # Buttons of answers sent before a restart are matched by their custom id.
         self.add_dynamic_items(FollowUpButton)
         await self.add_cog(Ask(conversations, self._fair_use))
+        self.tree.add_command(ask_about_menu(conversations))
         guild_id = self._settings.discord_guild_id
         if self._sync_on_start and guild_id is not None:
             guild = discord.Object(id=guild_id)

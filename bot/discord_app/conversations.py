@@ -35,6 +35,7 @@ from bot.conversation.files import FileRules, Files
 from bot.conversation.tokens import TokenCounter
 from bot.conversation.turns import ConversationStore, NewTurn, Turn, TurnId, may_continue
 from bot.discord_app import attachments
+from bot.discord_app.ask_about import quoted_prompt
 from bot.discord_app.channel_reply import MessageSurface
 from bot.discord_app.follow_up import follow_up_view
 from bot.discord_app.pacing import ChannelPacer
@@ -57,6 +58,8 @@ class Where:
     """The display name, as shown where they asked."""
     channel_id: int
     private: bool
+    quotes: bool = False
+    """The prompt quotes someone else's words: it goes labelled, with the rules on labels."""
 
 
 class Conversations:
@@ -99,6 +102,18 @@ class Conversations:
         surface = InteractionSurface(interaction, private=private)
         where = Where(_display_name(interaction.user), _channel_id(interaction), private)
         await self._run(surface, prompt, where, parent=None, files=files)
+
+    async def ask_about(
+        self, interaction: discord.Interaction, message: discord.Message, question: str
+    ) -> None:
+        """The "Ask about this" modal was submitted: a new conversation about `message`."""
+        surface = InteractionSurface(interaction, private=False)
+        where = Where(
+            _display_name(interaction.user), _channel_id(interaction), private=False, quotes=True
+        )
+        names = [attachment.filename for attachment in message.attachments]
+        prompt = quoted_prompt(_display_name(message.author), message.content, names, question)
+        await self._run(surface, prompt, where, parent=None)
 
     async def may_follow_up(self, turn_id: TurnId, user_id: int) -> str | None:
         turn = await self._store.turn(turn_id)
@@ -236,10 +251,11 @@ class Conversations:
 
         # A fresh question holds nobody's words but the asker's: it goes as it is, after
         # the system prompt. Labels, and the rules about them, come with a history.
-        request: Request = context.messages if chain else prompt
+        request: Request = context.messages if chain or where.quotes else prompt
         if files.images:
             request = _with_images(
-                context.messages if chain else _fresh(self._system_prompt, prompt), files
+                context.messages if chain or where.quotes else _fresh(self._system_prompt, prompt),
+                files,
             )
         return Question(
             request,

@@ -9,12 +9,13 @@ which live as long as the interaction's token (15 minutes).
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 from collections.abc import Iterator, Sequence
 
 import discord
 
-from bot.answers.messages import DeliveryFailed, MessageGone
+from bot.answers.messages import Attachment, DeliveryFailed, MessageGone
 from bot.discord_app import pipeline
 from bot.fair_use import access
 
@@ -77,24 +78,28 @@ class Reply:
         index: int,
         content: str,
         view: discord.ui.View | None,
-        file: discord.File | None = None,
+        file: Attachment | None = None,
     ) -> None:
         if self._cap is not None and index >= self._cap:
             raise IndexError(f"message {index} requested past the cap of {self._cap}")
-        if file is not None:
-            await self._attach(index, content, view, file)
-        elif index < len(self._messages):
-            if self._shown[index] == (content, view):
+        if index < len(self._messages):
+            if self._shown[index] == (content, view) and file is None:
                 return
             message = self._messages[index]
-            self._messages[index] = await message.edit(content=content, view=view)
-        elif index == len(self._messages):
-            if view is None:
-                message = await self._followup.send(content, wait=True, ephemeral=self._ephemeral)
+            if file is None:
+                self._messages[index] = await message.edit(content=content, view=view)
             else:
-                message = await self._followup.send(
-                    content, wait=True, ephemeral=self._ephemeral, view=view
+                self._messages[index] = await message.edit(
+                    content=content, view=view, attachments=[_discord_file(file)]
                 )
+        elif index == len(self._messages):
+            message = await self._followup.send(
+                content,
+                wait=True,
+                ephemeral=self._ephemeral,
+                view=view or discord.utils.MISSING,
+                file=_discord_file(file) if file is not None else discord.utils.MISSING,
+            )
             self._messages.append(message)
         else:
             raise IndexError(f"message {index} requested after only {len(self._messages)}")
@@ -103,48 +108,31 @@ class Reply:
         else:
             self._shown.append((content, view))
 
-    async def _attach(
-        self, index: int, content: str, view: discord.ui.View | None, file: discord.File
-    ) -> None:
-        file.reset()  # a retried write sends the file again from its start
-        if index < len(self._messages):
-            message = self._messages[index]
-            self._messages[index] = await message.edit(
-                content=content, view=view, attachments=[file]
-            )
-        elif index == len(self._messages):
-            self._messages.append(
-                await self._followup.send(
-                    content,
-                    wait=True,
-                    ephemeral=self._ephemeral,
-                    file=file,
-                    view=view or discord.utils.MISSING,
-                )
-            )
-        else:
-            raise IndexError(f"message {index} requested after only {len(self._messages)}")
-
     async def finish(
         self,
         parts: Sequence[str],
         view: discord.ui.View | None = None,
-        file: discord.File | None = None,
+        file: Attachment | None = None,
     ) -> None:
         """Show exactly `parts`, the last with `view` and `file`; surplus earlier messages
         are deleted."""
         last = len(parts) - 1
         for index, part in enumerate(parts):
-            if index == last and file is not None:
+            if index == last:
                 with translate_failures():
                     await self._show(index, part, view, file)
             else:
-                await self.show(index, part, view if index == last else None)
+                await self.show(index, part)
         while len(self._messages) > len(parts):
             message = self._messages.pop()
             self._shown.pop()
             with translate_failures():
                 await message.delete()
+
+
+def _discord_file(file: Attachment) -> discord.File:
+    """A fresh upload of `file` (a `discord.File` is spent by one request)."""
+    return discord.File(io.BytesIO(file.content), filename=file.filename)
 
 
 @contextlib.contextmanager

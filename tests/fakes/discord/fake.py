@@ -36,6 +36,7 @@ from .interactions import (
     OptionValue,
     command_data,
     component_data,
+    message_command_data,
     modal_submit_data,
 )
 from .payloads import (
@@ -294,6 +295,25 @@ class FakeDiscord:
             user=person,
             command_name=command,
             user_installed=own,
+        )
+        return self._dispatch(interaction.id, data)
+
+    def dispatch_message_command(
+        self, name: str, target_message_id: int, *, user: User | None = None
+    ) -> InteractionHandle:
+        """``user`` right-clicks message ``target_message_id`` and picks the message
+        command ``name`` under Apps: the message arrives resolved in the interaction."""
+        world = self.world
+        person = user or world.user
+        target = world.messages.get(target_message_id)
+        if target is None:
+            raise LookupError(f"message {target_message_id} does not exist")
+        channel = world.channels[target.channel_id]
+        if target.visible_to not in (None, person.id):
+            raise LookupError(f"{person.username} cannot see message {target_message_id}")
+        data = message_command_data(world, channel, name, target_message_id)
+        interaction = world.new_interaction(
+            type=APPLICATION_COMMAND, channel=channel, user=person, command_name=name
         )
         return self._dispatch(interaction.id, data)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from . import rules
 from .errors import JsonObject
-from .payloads import upload_payload
+from .payloads import message_payload, upload_payload
 from .state import (
     ATTACHMENT_SIZE_LIMIT,
     DM,
@@ -42,6 +42,7 @@ class Upload:
 
 OptionValue = str | int | float | bool | Upload
 
+_CHAT_INPUT, _MESSAGE_COMMAND = 1, 3
 _STRING, _INTEGER, _BOOLEAN, _NUMBER, _ATTACHMENT = 3, 4, 5, 10, 11
 _BUTTON = 2
 _LINK_STYLE = 5
@@ -105,8 +106,39 @@ def _upload(world: World, upload: Upload) -> Attachment:
     return attachment
 
 
+def message_command_data(world: World, channel: Channel, name: str, target_id: int) -> JsonObject:
+    """The ``data`` of an APPLICATION_COMMAND interaction for the message command ``name``
+    run on message ``target_id``: ``type`` 3, ``target_id``, and the message itself in
+    ``resolved.messages``, with its content (a message command needs no intent to read it).
+
+    Raises ``LookupError`` when no such command is registered where ``channel`` is, or the
+    message is not one the person could right-click there.
+    """
+    command, guild_id = _find_command(world, channel, name, kind=_MESSAGE_COMMAND)
+    target = world.messages.get(target_id)
+    if target is None or target.deleted or target.channel_id != channel.id:
+        raise LookupError(f"message {target_id} is not in channel {channel.id}")
+    if target.loading:
+        raise LookupError(f"message {target_id} is still loading")
+    data: JsonObject = {
+        "id": command["id"],
+        "name": name,
+        "type": _MESSAGE_COMMAND,
+        "target_id": str(target_id),
+        "resolved": {"messages": {str(target_id): message_payload(world, target)}},
+    }
+    if guild_id is not None:
+        data["guild_id"] = str(guild_id)
+    return data
+
+
 def _find_command(
-    world: World, channel: Channel, name: str, *, user_installed: bool
+    world: World,
+    channel: Channel,
+    name: str,
+    *,
+    kind: int = _CHAT_INPUT,
+    user_installed: bool = False,
 ) -> tuple[JsonObject, int | None]:
     scopes: list[int | None] = [None]
     if channel.guild_id is not None and not user_installed:
@@ -115,7 +147,7 @@ def _find_command(
     install = 1 if user_installed else 0
     for scope in scopes:
         for command in world.commands.get(scope, []):
-            if command["name"] != name or command["type"] != 1:
+            if command["name"] != name or (command.get("type") or _CHAT_INPUT) != kind:
                 continue
             if install not in (command.get("integration_types") or [0]):
                 continue

@@ -489,7 +489,7 @@ class Rest:
         if self._spec is None or body is None or not self._spec.knows(route.method, route.template):
             return
         self.spec_violations.extend(
-            self._spec.request_violations(route.method, route.template, body)
+            self._spec.request_violations(route.method, route.template, _as_described(body))
         )
 
     def _check_response(self, route: _Route, status: int, response: Any) -> None:
@@ -880,6 +880,35 @@ async def _read_body(request: web.Request) -> tuple[Any, list[Attachment]]:
         return json.loads(raw), []
     except ValueError:
         raise errors.invalid_json() from None
+
+
+def _as_described(body: Any) -> Any:
+    """`body` as the description spells it where Discord accepts more than it describes.
+
+    Discord takes a snowflake as a number as well as a string, and discord.py sends
+    numbers in two places the description types as strings: a new upload's
+    `attachments[].id` (the index of its `files[n]` part) and a reply's
+    `message_reference` ids. Everything else is checked as sent.
+    """
+    if not isinstance(body, dict):
+        return body
+    described = dict(body)
+    if isinstance(body.get("attachments"), list):
+        described["attachments"] = [_ids_as_strings(item, ("id",)) for item in body["attachments"]]
+    if "message_reference" in body:
+        described["message_reference"] = _ids_as_strings(
+            body["message_reference"], ("message_id", "channel_id", "guild_id")
+        )
+    return described
+
+
+def _ids_as_strings(item: Any, keys: tuple[str, ...]) -> Any:
+    if not isinstance(item, dict):
+        return item
+    return {
+        key: str(value) if key in keys and isinstance(value, int) else value
+        for key, value in item.items()
+    }
 
 
 async def _read_multipart(request: web.Request) -> tuple[Any, list[Attachment]]:

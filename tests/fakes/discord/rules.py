@@ -331,7 +331,10 @@ def check_commands(commands: Any) -> None:
             errors.add([index, "type"], "BASE_TYPE_CHOICES", "Value must be one of {1, 2, 3, 4}.")
             continue
         name = command.get("name")
-        _check_name(errors, [index, "name"], name, lowercase=kind == 1)
+        if kind in (2, 3):
+            _check_menu_name(errors, [index, "name"], name)
+        else:
+            _check_name(errors, [index, "name"], name, lowercase=kind == 1)
         if (kind, str(name)) in seen:
             errors.add(
                 [index, "name"],
@@ -377,6 +380,13 @@ def _check_name(errors: FormErrors, path: list[str | int], name: Any, *, lowerca
         or _COMMAND_NAME.match(name) is None
         or (lowercase and name != name.lower())
     ):
+        errors.add(path, "APPLICATION_COMMAND_INVALID_NAME", "Command name is invalid")
+
+
+def _check_menu_name(errors: FormErrors, path: list[str | int], name: Any) -> None:
+    """A user or message command's name: what the context menu shows, so any case and
+    spaces are allowed, 1 to 32 characters."""
+    if not isinstance(name, str) or not 1 <= len(name) <= 32 or not name.strip():
         errors.add(path, "APPLICATION_COMMAND_INVALID_NAME", "Command name is invalid")
 
 
