@@ -344,9 +344,11 @@ async def _close(
     *,
     whole: str,
 ) -> None:
-    """Close `live` with `parts`, within its cap (past it, with `whole`, the complete
-    answer, attached: `capped`); if cancelled meanwhile, still write them, then re-raise."""
-    parts, file = capped(parts, whole, live.messages.cap)
+    """Close `live` with `parts` and `file`, within its cap (past it, with `whole`, the
+    complete answer, attached instead: `capped`); if cancelled meanwhile, still write them,
+    then re-raise."""
+    parts, whole_file = capped(parts, whole, live.messages.cap)
+    file = whole_file or file
     try:
         await live.close(parts, renderer, view, file)
     except asyncio.CancelledError:
