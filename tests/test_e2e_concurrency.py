@@ -63,6 +63,9 @@ async def test_the_limit_comes_down_to_the_providers_and_everyone_is_answered(
             run_stack(fake_discord, fake_openai, tmp_path, settings) as stack,
         ):
             users = stack.discord.users
+            # discord.py announces readiness a moment after connecting; a bot stopped
+            # before that would announce it to a closed client.
+            await log.line(r"^connected to Discord as ")
             before = await scrape(port)
 
             # Two answers in progress take everything the provider allows.
