@@ -102,10 +102,11 @@ def too_many(limit: int) -> str:
 RESTARTED_NOTE = "*(I had to restart before finishing this answer. Please ask again.)*"
 
 
-def queue_position(place: int) -> str:
+def queue_position(place: int, *, at_once: int) -> str:
+    """An ask's place in line, and how many asks are answered at once (the gate's limit now)."""
     return (
-        f"\N{HOURGLASS WITH FLOWING SAND} You're #{place} in line; "
-        "I'll start on your question as soon as I can."
+        f"\N{HOURGLASS WITH FLOWING SAND} You're #{place} in line (answering {at_once} at a "
+        "time); I'll start on your question as soon as I can."
     )
 
 

@@ -180,7 +180,8 @@ class AskPipeline:
 
         async def show_place(place: int) -> None:
             try:
-                await surface.messages.show(0, replies.queue_position(place))
+                sentence = replies.queue_position(place, at_once=self._fair.gate.limit)
+                await surface.messages.show(0, sentence)
             except DeliveryFailed as error:
                 # Only a preview: the next place, or the answer, shows once Discord recovers.
                 log.warning("could not show an ask's place in line (%s)", error)
