@@ -33,6 +33,8 @@ class AskLog(logging.Handler):
 
     def __init__(self) -> None:
         super().__init__(logging.INFO)
+        self.connected = asyncio.Event()
+        """Set once the bot says it is connected (discord.py's `ready` has fired)."""
         self.outcomes: dict[int, asyncio.Future[str]] = {}
         self.message_outcomes: dict[int, asyncio.Future[str]] = {}
         self.lines: list[str] = []
@@ -50,6 +52,8 @@ class AskLog(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         message = record.getMessage()
+        if message.startswith("connected to Discord as "):
+            self.connected.set()
         self.lines.append(message)
         match = ASK_LINE.match(message)
         if match:
@@ -232,6 +236,14 @@ async def run_stack(
                     )
                 )
             )
+        if task.done():
+            task.result()
+        # discord.py fires `ready` a moment after READY arrives; a bot stopped before that
+        # would leave its `ready` event unawaited. Its own "connected" line marks it.
+        connected = asyncio.create_task(ask_log.connected.wait())
+        async with asyncio.timeout(wait):
+            await asyncio.wait({connected, task}, return_when=asyncio.FIRST_COMPLETED)
+        connected.cancel()
         if task.done():
             task.result()
         yield Stack(discord, model, ask_log, task, stop)
