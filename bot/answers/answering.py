@@ -54,6 +54,8 @@ class Question:
     unanswerable: llm.CompletionError | None = None
     """Known before asking: the model would refuse it (e.g. it is too long even alone)."""
     final_view: Callable[[Progress], Awaitable[discord.ui.View | None]] | None = None
+    model: str | None = None
+    """The model to answer with; None: the completer's own."""
 
     async def view_for(self, progress: Progress) -> discord.ui.View | None:
         if self.final_view is None or not progress.text.strip():
@@ -134,12 +136,16 @@ class Answerer:
 
     async def _complete(self, question: Question, deadline: float | None) -> llm.Answer:
         try:
-            return await self._completer.complete(question.request, deadline=deadline)
+            return await self._completer.complete(
+                question.request, deadline=deadline, model=question.model
+            )
         except llm.PromptTooLong:
             if question.shorter is None:
                 raise
             log.info("prompt too long for the model: trying once with half the history")
-            return await self._completer.complete(question.shorter, deadline=deadline)
+            return await self._completer.complete(
+                question.shorter, deadline=deadline, model=question.model
+            )
 
     async def _answer(
         self,
@@ -228,7 +234,9 @@ class Answerer:
         while request is not None:
             current, request = request, None
             try:
-                async for chunk in self._completer.stream(current, deadline=deadline):
+                async for chunk in self._completer.stream(
+                    current, deadline=deadline, model=question.model
+                ):
                     if chunk.text_was_reasoning:
                         # The model's template opened its reasoning unseen: what looked
                         # like answer text so far was reasoning, and is no part of it.
