@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -25,6 +26,7 @@ from bot.conversation.context import (
     count_request,
     count_turn,
 )
+from bot.conversation.settings import ServerSettings, SettingsStore, effective_prompt
 from bot.conversation.tokens import TokenCounter
 from bot.conversation.turns import ConversationStore, NewTurn, Turn, TurnId, may_continue
 from bot.discord_app.channel_reply import MessageSurface
@@ -48,6 +50,10 @@ class Where:
     """The display name, as shown where they asked."""
     channel_id: int
     private: bool
+    settings_channel_id: int | None = None
+    """The channel whose settings apply: a thread's parent; None for `channel_id` itself."""
+    model: str | None = None
+    """The model the asker chose (a fresh `/ask`); None: the server's or the bot's default."""
 
 
 class Conversations:
@@ -63,6 +69,9 @@ class Conversations:
         model: str,
         budget: int,
         pacer: ChannelPacer,
+        models: Sequence[str] = (),
+        settings: SettingsStore | None = None,
+        budget_for: Callable[[str], int] | None = None,
     ) -> None:
         self._asks = asks
         self._store = store
@@ -71,15 +80,37 @@ class Conversations:
         self._model = model
         self._budget = budget
         self._pacer = pacer
+        self._models = tuple(models) or (model,)
+        self._settings = settings
+        self._budget_for = budget_for
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """The models members may choose from, the bot's default first."""
+        return self._models
 
     @property
     def store(self) -> ConversationStore:
         return self._store
 
-    async def ask(self, interaction: discord.Interaction, prompt: str, *, private: bool) -> None:
-        """A fresh `/ask`: a new conversation."""
+    async def ask(
+        self,
+        interaction: discord.Interaction,
+        prompt: str,
+        *,
+        private: bool,
+        model: str | None = None,
+    ) -> None:
+        """A fresh `/ask`: a new conversation, with `model` when the asker chose one of
+        `models` (the caller checks that)."""
         surface = InteractionSurface(interaction, private=private)
-        where = Where(_display_name(interaction.user), _channel_id(interaction), private)
+        where = Where(
+            _display_name(interaction.user),
+            _channel_id(interaction),
+            private,
+            settings_channel_id=_parent_id(interaction.channel),
+            model=model,
+        )
         await self._run(surface, prompt, where, parent=None)
 
     async def may_follow_up(self, turn_id: TurnId, user_id: int) -> str | None:
@@ -98,7 +129,12 @@ class Conversations:
             await interaction.response.send_message(sentence, ephemeral=True)
             return
         surface = InteractionSurface(interaction, private=turn.private)
-        where = Where(_display_name(interaction.user), _channel_id(interaction), turn.private)
+        where = Where(
+            _display_name(interaction.user),
+            _channel_id(interaction),
+            turn.private,
+            settings_channel_id=_parent_id(interaction.channel),
+        )
         await self._run(surface, text, where, parent=turn)
 
     async def reply(self, message: discord.Message, bot_user: discord.ClientUser) -> None:
@@ -118,7 +154,12 @@ class Conversations:
             return
         prompt = _without_mention(message.content, bot_user.id)
         surface = MessageSurface(message, self._pacer)
-        where = Where(_display_name(message.author), message.channel.id, private=False)
+        where = Where(
+            _display_name(message.author),
+            message.channel.id,
+            private=False,
+            settings_channel_id=_parent_id(message.channel),
+        )
         await self._run(surface, prompt, where, parent=parent)
 
     async def forget(self, user_id: int) -> int:
@@ -146,15 +187,17 @@ class Conversations:
         surface: Surface,
     ) -> Question:
         chain = await self._store.chain(parent.id, MAX_CHAIN) if parent is not None else []
-        counted = await count_request(self._counter, self._system_prompt, where.asker, prompt)
+        system_prompt, model = await self._setup(surface.guild_id, where, parent)
+        counted = await count_request(self._counter, system_prompt, where.asker, prompt)
+        budget = self._budget_for(model) if self._budget_for is not None else self._budget
         context = build_context(
-            system_prompt=self._system_prompt,
+            system_prompt=system_prompt,
             chain=chain,
             prompt=prompt,
             asker=where.asker,
             request=counted,
-            budget=self._budget,
-            model=self._model,
+            budget=budget,
+            model=model,
         )
         if isinstance(context, PromptOverBudget):
             return Question(
@@ -162,6 +205,7 @@ class Conversations:
                 unanswerable=llm.PromptTooLong(
                     f"prompt of {context.tokens} tokens over the context budget of {context.budget}"
                 ),
+                model=model,
             )
         shorter = context.halved()
 
@@ -178,7 +222,7 @@ class Conversations:
                     private=where.private,
                     prompt=prompt,
                     answer=progress.text,
-                    model=self._model,
+                    model=model,
                     prompt_tokens=prompt_tokens,
                     answer_tokens=answer_tokens,
                     parent_id=parent.id if parent is not None else None,
@@ -191,13 +235,41 @@ class Conversations:
 
         # A fresh question holds nobody's words but the asker's: it goes as it is, after
         # the system prompt. Labels, and the rules about them, come with a history.
-        request: Request = context.messages if chain else prompt
+        request: Request = context.messages if chain else _lone(system_prompt, prompt)
         return Question(
             request,
             shorter=shorter.messages if shorter is not None else None,
             footer=replies.OLDER_TURNS_LEFT_OUT if chain and context.turns_left_out else None,
             final_view=save,
+            model=model,
         )
+
+    async def _setup(
+        self, guild_id: int | None, where: Where, parent: Turn | None
+    ) -> tuple[str, str]:
+        """The system prompt and the model of an ask: the channel's (or thread parent's)
+        prompt, else the server's, else SYSTEM_PROMPT; a conversation's own model while it
+        is still offered, else the asker's choice, the server's default, the bot's."""
+        server = ServerSettings()
+        if guild_id is not None and self._settings is not None:
+            server = await self._settings.server(guild_id)
+        channel_id = where.settings_channel_id or where.channel_id
+        system_prompt = effective_prompt(server, channel_id, self._system_prompt)
+        offered = [
+            model
+            for model in (parent.model if parent else None, where.model, server.model)
+            if model in self._models
+        ]
+        return system_prompt, offered[0] if offered else self._model
+
+
+def _lone(system_prompt: str, prompt: str) -> list[llm.ChatMessage]:
+    return [{"role": "system", "content": system_prompt}, {"role": "user", "content": prompt}]
+
+
+def _parent_id(channel: object) -> int | None:
+    """A thread's parent channel, whose settings the thread uses."""
+    return channel.parent_id if isinstance(channel, discord.Thread) else None
 
 
 def _message_ids(surface: Surface) -> list[int]:
