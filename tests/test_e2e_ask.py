@@ -106,14 +106,14 @@ async def test_startup_registers_the_commands_to_the_guild(stack: Stack) -> None
     assert identify["intents"] == discord.Intents.default().value, "no privileged intents"
     assert discord_fake.gateway.readies_sent == 1
     assert discord_fake.command_syncs == [
-        CommandSync(discord_fake.guild_id, ("ask", "usage", "forget"))
+        CommandSync(discord_fake.guild_id, ("ask", "usage", "forget", "settings"))
     ]
     assert discord_fake.commands() == [], "nothing is registered globally on start"
 
     commands = {
         command["name"]: command for command in discord_fake.commands(discord_fake.guild_id)
     }
-    assert set(commands) == {"ask", "usage", "forget"}
+    assert set(commands) == {"ask", "usage", "forget", "settings"}
     ask, usage = commands["ask"], commands["usage"]
     assert ask["description"] == "Ask the language model a question."
     assert ask["description"] == _first_docstring_line(Ask.ask.callback)

@@ -138,7 +138,7 @@ def forgotten(turns: int) -> str:
 UNKNOWN_MODEL = "That model isn't offered here. Pick one from the list."
 SETTINGS_NOT_PERMITTED = "Only members who can manage this server can change my settings."
 SETTINGS_SERVER_ONLY = "Settings belong to a server: use /settings in one."
-NOTHING_SET = "(not set)"
+SETTINGS_EMPTY_PROMPT = "A system prompt needs some text; to remove one, use /settings reset."
 
 
 def prompt_too_long_to_save(limit: int, length: int) -> str:

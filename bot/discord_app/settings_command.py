@@ -167,7 +167,7 @@ class SettingsCommand(commands.GroupCog, group_name="settings"):
 def prompt_problem(text: str) -> str | None:
     """Why `text` cannot be saved as a system prompt, or None."""
     if not text.strip():
-        return replies.EMPTY_PROMPT
+        return replies.SETTINGS_EMPTY_PROMPT
     if len(text) > MAX_SYSTEM_PROMPT:
         return replies.prompt_too_long_to_save(MAX_SYSTEM_PROMPT, len(text))
     if "```" in text:

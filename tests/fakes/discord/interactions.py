@@ -1,4 +1,5 @@
-"""What a person can do to the bot: run a registered command, press a button, submit a
+"""What a person can do to the bot: run a registered command (or one of its subcommands,
+``"settings show"``), type into an option with autocomplete, press a button, submit a
 modal the bot showed them.
 
 Discord's own client only lets people do what the registered commands and the rendered
@@ -15,6 +16,7 @@ from typing import Any
 from . import rules
 from .errors import JsonObject
 from .state import (
+    ADMINISTRATOR,
     DM,
     Channel,
     Interaction,
@@ -25,39 +27,89 @@ from .state import (
 
 OptionValue = str | int | float | bool
 
-_STRING, _INTEGER, _BOOLEAN, _NUMBER = 3, 4, 5, 10
+_SUB_COMMAND, _STRING, _INTEGER, _BOOLEAN, _NUMBER = 1, 3, 4, 5, 10
 _BUTTON = 2
 _LINK_STYLE = 5
 
 
 def command_data(
-    world: World, channel: Channel, name: str, options: Mapping[str, OptionValue]
+    world: World,
+    channel: Channel,
+    name: str,
+    options: Mapping[str, OptionValue],
+    *,
+    user: User | None = None,
+    focused: str | None = None,
 ) -> JsonObject:
-    """The ``data`` of an APPLICATION_COMMAND interaction for ``/name`` with ``options``.
+    """The ``data`` of an APPLICATION_COMMAND interaction for ``/name`` with ``options``
+    (``name`` may name a subcommand: ``"settings show"``), or with ``focused`` that of an
+    APPLICATION_COMMAND_AUTOCOMPLETE while the person types into that option.
 
-    Raises ``LookupError`` when no such command is registered where ``channel`` is, and
-    ``ValueError`` for options Discord's client would not let a person submit.
+    Raises ``LookupError`` when no such command is registered where ``channel`` is, or
+    ``user`` lacks its default member permissions there (Discord hides it, unless the
+    server's admins allowed it for everyone: ``World.commands_allowed``), and ``ValueError``
+    for options Discord's client would not let a person submit.
     """
-    command, guild_id = _find_command(world, channel, name)
+    top, _, sub = name.partition(" ")
+    command, guild_id = _find_command(world, channel, top)
+    if user is not None and not _may_see(world, command, channel, user):
+        raise LookupError(f"/{top} is hidden from {user.username} (default member permissions)")
+    data: JsonObject = {"id": command["id"], "name": top, "type": 1}
+    if guild_id is not None:
+        data["guild_id"] = str(guild_id)
+    if sub:
+        subcommands = {
+            option["name"]: option
+            for option in command.get("options") or []
+            if option["type"] == _SUB_COMMAND
+        }
+        if sub not in subcommands:
+            raise LookupError(f"/{top} has no subcommand {sub!r}")
+        sent = _options(name, subcommands[sub], options, focused)
+        data["options"] = [{"name": sub, "type": _SUB_COMMAND, "options": sent}]
+        return data
+    sent = _options(name, command, options, focused)
+    if sent:
+        data["options"] = sent
+    return data
+
+
+def _may_see(world: World, command: JsonObject, channel: Channel, user: User) -> bool:
+    needed = command.get("default_member_permissions")
+    if needed is None or channel.guild_id is None or command["name"] in world.commands_allowed:
+        return True
+    bits, held = int(needed), world.permissions_in(user.id, channel)
+    # "0": administrators only.
+    return held & bits == bits if bits else held & ADMINISTRATOR != 0
+
+
+def _options(
+    name: str, command: JsonObject, options: Mapping[str, OptionValue], focused: str | None
+) -> list[JsonObject]:
     declared = {option["name"]: option for option in command.get("options") or []}
+    if focused is not None:
+        option = declared.get(focused)
+        if option is None or not option.get("autocomplete"):
+            raise ValueError(f"/{name} has no autocomplete option {focused!r}")
     unknown = set(options) - set(declared)
     if unknown:
         raise ValueError(f"/{name} has no option(s) {sorted(unknown)}")
-    sent = []
+    sent: list[JsonObject] = []
     for option_name, option in declared.items():
+        if option_name == focused:
+            # What is typed so far: any text, checked only once the command is sent.
+            value = options.get(option_name, "")
+            sent.append({"name": option_name, "type": option["type"], "value": value})
+            sent[-1]["focused"] = True
+            continue
         if option_name not in options:
-            if option.get("required"):
+            if option.get("required") and focused is None:
                 raise ValueError(f"/{name} needs its required option {option_name!r}")
             continue
         value = options[option_name]
         _check_value(name, option, value)
         sent.append({"name": option_name, "type": option["type"], "value": value})
-    data: JsonObject = {"id": command["id"], "name": name, "type": 1}
-    if sent:
-        data["options"] = sent
-    if guild_id is not None:
-        data["guild_id"] = str(guild_id)
-    return data
+    return sent
 
 
 def _find_command(world: World, channel: Channel, name: str) -> tuple[JsonObject, int | None]:
@@ -210,6 +262,11 @@ class InteractionHandle:
     def modal(self) -> JsonObject | None:
         """The modal the bot answered with (callback type 9), as stored, if it did."""
         return self._interaction.modal
+
+    @property
+    def choices(self) -> list[JsonObject] | None:
+        """The autocomplete choices the bot answered with (callback type 8), if it has."""
+        return self._interaction.choices
 
     @property
     def callback_type(self) -> int | None:
