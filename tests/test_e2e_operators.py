@@ -48,6 +48,12 @@ async def plain(
         yield running
 
 
+def registered(discord: FakeDiscord, name: str) -> dict[str, Any]:
+    """The command `/name` as registered in the server."""
+    [command] = [c for c in discord.commands(discord.guild_id) if c["name"] == name]
+    return dict(command)
+
+
 def admin_of(discord: FakeDiscord) -> User:
     """alice, given a role with Manage Server."""
     alice = discord.users[0]
@@ -123,7 +129,7 @@ def message_asks() -> Iterator[dict[int, asyncio.Future[str]]]:
 
 async def test_ask_offers_its_models_by_autocomplete(models: Stack) -> None:
     discord = models.discord
-    [ask] = [c for c in discord.commands(discord.guild_id) if c["name"] == "ask"]
+    ask = registered(discord, "ask")
     options = {option["name"]: option for option in ask["options"]}
     assert list(options) == ["prompt", "model", "private"]
     assert options["model"]["autocomplete"] is True
@@ -164,7 +170,7 @@ async def test_a_model_not_offered_is_refused_before_the_model_is_asked(
 
 async def test_one_model_means_no_model_option(plain: Stack) -> None:
     discord = plain.discord
-    [ask] = [c for c in discord.commands(discord.guild_id) if c["name"] == "ask"]
+    ask = registered(discord, "ask")
     assert [option["name"] for option in ask["options"]] == ["prompt", "private"]
     with pytest.raises(ValueError, match="no autocomplete option"):
         discord.autocomplete("ask", "model")
@@ -205,7 +211,7 @@ async def test_settings_is_hidden_from_and_refused_to_members_without_manage_ser
 ) -> None:
     discord = plain.discord
     bob = member_of(discord)
-    [command] = [c for c in discord.commands(discord.guild_id) if c["name"] == "settings"]
+    command = registered(discord, "settings")
     assert int(command["default_member_permissions"]) == MANAGE_GUILD
     assert command["contexts"] == [0], "a server's settings: never offered in DMs"
     with pytest.raises(LookupError, match="hidden"):
@@ -268,7 +274,7 @@ async def test_a_channel_prompt_reaches_the_model_in_the_channel_and_its_threads
 async def test_a_prompt_is_validated_before_it_is_saved(plain: Stack) -> None:
     discord = plain.discord
     alice = admin_of(discord)
-    [command] = [c for c in discord.commands(discord.guild_id) if c["name"] == "settings"]
+    command = registered(discord, "settings")
     subcommands = {option["name"]: option for option in command["options"]}
     [text] = subcommands["channel-prompt"]["options"]
     assert text["max_length"] == MAX_SYSTEM_PROMPT
