@@ -221,9 +221,12 @@ async def test_settings_is_hidden_from_and_refused_to_members_without_manage_ser
     discord.allow_command_for_everyone("settings")
     refused = await settings(plain, "channel-prompt", {"text": "Talk like a pirate."}, user=bob)
     assert refused == replies.SETTINGS_NOT_PERMITTED
+    [shown] = [m for m in discord.transcript(viewer=bob) if m.visible_to == bob.id]
+    assert shown.content == refused, "the refusal alone: no apology for an error after it"
     assert (await plain.ask("Hello", user=bob)).outcome == "answered"
     assert "pirate" not in system_message(last_request(fake_openai))
     assert any(f"refused user {bob.id}" in line for line in plain.log.lines)
+    assert not any("unexpected error" in line for line in plain.log.lines)
 
 
 # --- /settings: prompts -----------------------------------------------------------------------

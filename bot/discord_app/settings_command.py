@@ -38,11 +38,15 @@ class SettingsCommand(commands.GroupCog, group_name="settings"):
         self._default_prompt = system_prompt
         super().__init__()
 
-    async def interaction_check(self, interaction: discord.Interaction, /) -> bool:
-        """Only members with Manage Server, in a server."""
+    async def _refused(self, interaction: discord.Interaction) -> bool:
+        """Turn away anyone without Manage Server, or outside a server; True if refused.
+
+        (Not `interaction_check`: a failed check reaches the tree's error boundary, which
+        would apologise for an error on top of the refusal.)
+        """
         if interaction.guild_id is None:
             await interaction.response.send_message(replies.SETTINGS_SERVER_ONLY, ephemeral=True)
-            return False
+            return True
         if not interaction.permissions.manage_guild:
             log.info(
                 "settings: refused user %s in guild %s (no Manage Server)",
@@ -50,12 +54,14 @@ class SettingsCommand(commands.GroupCog, group_name="settings"):
                 interaction.guild_id,
             )
             await interaction.response.send_message(replies.SETTINGS_NOT_PERMITTED, ephemeral=True)
-            return False
-        return True
+            return True
+        return False
 
     @app_commands.command(name="show")
     async def show(self, interaction: discord.Interaction) -> None:
         """Show the model and system prompt that apply in this channel."""
+        if await self._refused(interaction):
+            return
         guild_id = _guild(interaction)
         server = await self._store.server(guild_id)
         channel_id = settings_channel(interaction)
@@ -80,6 +86,8 @@ class SettingsCommand(commands.GroupCog, group_name="settings"):
         self, interaction: discord.Interaction, name: app_commands.Range[str, 1, 100]
     ) -> None:
         """Set this server's default model."""
+        if await self._refused(interaction):
+            return
         if name not in self._models:
             await interaction.response.send_message(replies.UNKNOWN_MODEL, ephemeral=True)
             return
@@ -125,6 +133,8 @@ class SettingsCommand(commands.GroupCog, group_name="settings"):
     @app_commands.describe(what="What to go back to the defaults")
     async def reset(self, interaction: discord.Interaction, what: ResetWhat) -> None:
         """Go back to the bot's defaults."""
+        if await self._refused(interaction):
+            return
         guild_id = _guild(interaction)
         user_id = interaction.user.id
         if what == "this channel's prompt":
@@ -146,6 +156,8 @@ class SettingsCommand(commands.GroupCog, group_name="settings"):
     async def _set_prompt(
         self, interaction: discord.Interaction, channel_id: int | None, text: str
     ) -> None:
+        if await self._refused(interaction):
+            return
         problem = prompt_problem(text)
         if problem is not None:
             await interaction.response.send_message(problem, ephemeral=True)
@@ -184,5 +196,5 @@ def settings_channel(interaction: discord.Interaction) -> int:
 
 
 def _guild(interaction: discord.Interaction) -> int:
-    assert interaction.guild_id is not None, "interaction_check lets only servers through"
+    assert interaction.guild_id is not None, "`_refused` lets only servers through"
     return interaction.guild_id
