@@ -644,13 +644,17 @@ async def test_an_unexpected_error_gets_an_apology_and_a_logged_traceback(
     calls = 0
 
     def first_call_breaks(
-        self: llm.Completer, prompt: str, *, deadline: float | None = None
+        self: llm.Completer,
+        prompt: str,
+        *,
+        deadline: float | None = None,
+        model: str | None = None,
     ) -> object:
         nonlocal calls
         calls += 1
         if calls == 1:
             raise RuntimeError("the adapter broke")
-        return working(self, prompt, deadline=deadline)
+        return working(self, prompt, deadline=deadline, model=model)
 
     monkeypatch.setattr(llm.Completer, name, first_call_breaks)
     async with run_stack(fake_discord, fake_openai, tmp_path, overrides) as stack:
@@ -694,13 +698,17 @@ async def test_no_secret_or_prompt_reaches_logs_or_messages(
     calls = 0
 
     async def fifth_call_breaks(
-        self: llm.Completer, prompt: str, *, deadline: float | None = None
+        self: llm.Completer,
+        prompt: str,
+        *,
+        deadline: float | None = None,
+        model: str | None = None,
     ) -> llm.Answer:
         nonlocal calls
         calls += 1
         if calls == 5:
             raise RuntimeError("the adapter broke")
-        return await working(self, prompt, deadline=deadline)
+        return await working(self, prompt, deadline=deadline, model=model)
 
     monkeypatch.setattr(llm.Completer, "complete", fifth_call_breaks)
     async with run_stack(fake_discord, fake_openai, tmp_path, NOT_STREAMED) as stack:
