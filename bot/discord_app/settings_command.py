@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 ResetWhat = Literal["this channel's prompt", "everything in this server"]
 
 
-@app_commands.guild_only()
+# Not `guild_only`: its contexts merge with the client's, which ALLOW_DMS widens.
+@app_commands.allowed_contexts(guilds=True, dms=False, private_channels=False)
 @app_commands.default_permissions(manage_guild=True)
 class SettingsCommand(commands.GroupCog, group_name="settings"):
     """Change how I answer in this server."""
