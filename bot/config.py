@@ -99,6 +99,10 @@ class Settings:
     max_queued_asks: int = 200
     max_asks_per_user: int = 2
     max_prompt_chars: int = 6000
+    max_attachment_bytes: int = 8 * 1024 * 1024
+    """The largest attachment read, by the size Discord reports (checked before download)."""
+    max_attachment_chars: int = 20_000
+    """The most characters of text an ask's files give the model, all files together."""
     allowed_guild_ids: frozenset[int] = frozenset()
     allowed_channel_ids: frozenset[int] = frozenset()
     allowed_role_ids: frozenset[int] = frozenset()
@@ -185,6 +189,12 @@ def load_settings(env: Mapping[str, str], *, require_discord: bool = True) -> Se
         max_asks_per_user=reader.parse("MAX_ASKS_PER_USER", _positive_int, 2, "a whole number > 0"),
         max_prompt_chars=reader.parse(
             "MAX_PROMPT_CHARS", _prompt_chars, 6000, "a whole number from 1 to 6000"
+        ),
+        max_attachment_bytes=reader.parse(
+            "MAX_ATTACHMENT_BYTES", _positive_int, 8 * 1024 * 1024, "a whole number of bytes > 0"
+        ),
+        max_attachment_chars=reader.parse(
+            "MAX_ATTACHMENT_CHARS", _positive_int, 20_000, "a whole number of characters > 0"
         ),
         allowed_guild_ids=reader.parse(
             "ALLOWED_GUILD_IDS", _snowflakes, frozenset(), "comma-separated numeric ids"

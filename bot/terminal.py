@@ -33,6 +33,7 @@ from bot.answers import replies
 from bot.answers.answering import Answerer
 from bot.answers.chunking import close_open_fence
 from bot.answers.formatting import MESSAGE_LIMIT
+from bot.answers.messages import Attachment
 from bot.answers.streaming import WRITING_MARKER
 from bot.config import Settings
 from bot.model.llm import Completer
@@ -98,7 +99,8 @@ class TerminalMessages:
     message is closed, in order, by exactly one rule with its number and length.
 
     With a `status` stream, `thinking()` shows an indicator there that is erased as the
-    first text is printed.
+    first text is printed; a reasoning model's status ("Thinking… 12 s") replaces it
+    there, and is never a message. A file the last message would carry is named there.
     """
 
     def __init__(
@@ -123,6 +125,9 @@ class TerminalMessages:
     def count(self) -> int:
         return len(self._shown)
 
+    cap: int | None = None
+    """A terminal prints as many messages as an answer needs."""
+
     @property
     def message_ids(self) -> list[int]:
         """A terminal's messages have no ids."""
@@ -134,6 +139,9 @@ class TerminalMessages:
     async def show(self, index: int, content: str, view: discord.ui.View | None = None) -> None:
         if self._abandoned or index < self._closed:
             return  # a final message never changes
+        if index == len(self._shown) and content.startswith(replies.THINKING):
+            self._status_line(content.removeprefix("-# "))
+            return
         if index < len(self._shown):
             self._shown[index] = content
         elif index == len(self._shown):
@@ -149,7 +157,13 @@ class TerminalMessages:
         ):
             self._close(self._shown[self._closed])
 
-    async def finish(self, parts: Sequence[str], view: discord.ui.View | None = None) -> None:
+    async def finish(
+        self,
+        parts: Sequence[str],
+        view: discord.ui.View | None = None,
+        file: Attachment | None = None,
+    ) -> None:
+        # No cap: an answer in a terminal is never cut into a file.
         for index, part in enumerate(parts):
             await self.show(index, part)
         if self._abandoned:
@@ -159,12 +173,22 @@ class TerminalMessages:
         if self._printed and self._closed == len(parts):
             self._write("\n")
             self._printed = ""
+        if file is not None and self._status is not None:
+            self._status.write(
+                f"(Discord would attach {file.filename}: {len(file.content)} bytes)\n"
+            )
+            self._status.flush()
 
     def thinking(self) -> None:
         """Show the indicator on the status stream until the first text is printed."""
-        if self._status is None or self._indicator:
+        if not self._indicator:
+            self._status_line(THINKING)
+
+    def _status_line(self, text: str) -> None:
+        """Show `text` as the indicator, replacing any shown, until the first text."""
+        if self._status is None or self._printed or self._closed:
             return
-        self._status.write(f"{THINKING}\r")
+        self._status.write(f"{ERASE_LINE if self._indicator else ''}{text}\r")
         self._status.flush()
         self._indicator = True
 
@@ -241,6 +265,7 @@ class Terminal:
             completer,
             stream=settings.stream_responses,
             edit_interval=settings.stream_edit_interval,
+            attach_reasoning=settings.show_reasoning == "file",
         )
         self._out = out
         self._err = err

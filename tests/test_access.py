@@ -279,7 +279,13 @@ async def discord_offering_ask_in_dms() -> AsyncIterator[FakeDiscord]:
 async def test_by_default_the_commands_are_not_offered_in_dms(stack: Stack) -> None:
     registered = stack.discord.commands(stack.discord.guild_id)
 
-    assert {command["name"] for command in registered} == {"ask", "usage", "forget", "settings"}
+    assert {command["name"] for command in registered} == {
+        "ask",
+        "usage",
+        "forget",
+        "settings",
+        "Ask about this",
+    }
     assert all(command["contexts"] == [0] for command in registered)
     with pytest.raises(LookupError):
         stack.discord.dispatch_interaction("ask", {"prompt": "Hi"}, dm=True)

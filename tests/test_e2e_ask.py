@@ -54,7 +54,7 @@ BOTH_PATHS = pytest.mark.parametrize(
 API_KEY = "sk-test-key"  # what tests.stack configures
 DEFERRED_WITH_THINKING = 5
 CHANNEL_MESSAGE = 4
-STRING, BOOLEAN = 3, 5
+STRING, BOOLEAN, ATTACHMENT = 3, 5, 11
 GUILD_CONTEXT = 0
 # What a person must never read: stack traces, SDK wording, exception class names.
 LEAKS = re.compile(
@@ -106,14 +106,14 @@ async def test_startup_registers_the_commands_to_the_guild(stack: Stack) -> None
     assert identify["intents"] == discord.Intents.default().value, "no privileged intents"
     assert discord_fake.gateway.readies_sent == 1
     assert discord_fake.command_syncs == [
-        CommandSync(discord_fake.guild_id, ("ask", "usage", "forget", "settings"))
+        CommandSync(discord_fake.guild_id, ("ask", "usage", "forget", "settings", "Ask about this"))
     ]
     assert discord_fake.commands() == [], "nothing is registered globally on start"
 
     commands = {
         command["name"]: command for command in discord_fake.commands(discord_fake.guild_id)
     }
-    assert set(commands) == {"ask", "usage", "forget", "settings"}
+    assert set(commands) == {"ask", "usage", "forget", "settings", "Ask about this"}
     ask, usage = commands["ask"], commands["usage"]
     assert ask["description"] == "Ask the language model a question."
     assert ask["description"] == _first_docstring_line(Ask.ask.callback)
@@ -126,7 +126,9 @@ async def test_startup_registers_the_commands_to_the_guild(stack: Stack) -> None
     assert options["prompt"]["description"] == "Your question or request for the model"
     assert options["private"]["type"] == BOOLEAN
     assert not options["private"].get("required", False)
-    assert list(options) == ["prompt", "private"]
+    assert options["file"]["type"] == ATTACHMENT
+    assert not options["file"].get("required", False)
+    assert list(options) == ["prompt", "private", "file"]
     assert _options(usage) == []
     for command in commands.values():
         assert command["contexts"] == [GUILD_CONTEXT], "not offered in DMs by default"

@@ -131,7 +131,7 @@ async def test_ask_offers_its_models_by_autocomplete(models: Stack) -> None:
     discord = models.discord
     ask = registered(discord, "ask")
     options = {option["name"]: option for option in ask["options"]}
-    assert list(options) == ["prompt", "model", "private"]
+    assert list(options) == ["prompt", "model", "private", "file"]
     assert options["model"]["autocomplete"] is True
     assert not options["model"].get("required", False)
 
@@ -171,7 +171,7 @@ async def test_a_model_not_offered_is_refused_before_the_model_is_asked(
 async def test_one_model_means_no_model_option(plain: Stack) -> None:
     discord = plain.discord
     ask = registered(discord, "ask")
-    assert [option["name"] for option in ask["options"]] == ["prompt", "private"]
+    assert [option["name"] for option in ask["options"]] == ["prompt", "private", "file"]
     with pytest.raises(ValueError, match="no autocomplete option"):
         discord.autocomplete("ask", "model")
 

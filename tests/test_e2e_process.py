@@ -152,6 +152,7 @@ async def test_sync_registers_the_commands_for_every_server_then_exits(
 
     assert status == EXIT_OK, bot.output
     assert sorted(str(command["name"]) for command in fake_discord.commands()) == [
+        "Ask about this",
         "ask",
         "forget",
         "settings",
@@ -161,7 +162,7 @@ async def test_sync_registers_the_commands_for_every_server_then_exits(
     # needs no gateway connection.
     assert [sync.guild_id for sync in fake_discord.command_syncs] == [None]
     assert fake_discord.gateway.readies_sent == 0
-    assert "synced 4 command(s) globally" in bot.output
+    assert "synced 5 command(s) globally" in bot.output
     assert not fake_openai.requests
 
 
@@ -396,6 +397,7 @@ async def test_sync_opens_neither_the_metrics_port_nor_the_usage_database(
 
     assert status == EXIT_OK, bot.output
     assert sorted(str(command["name"]) for command in fake_discord.commands()) == [
+        "Ask about this",
         "ask",
         "forget",
         "settings",
@@ -420,6 +422,7 @@ async def test_sync_with_a_development_server_removes_its_copies_and_says_so(
 
     assert status == EXIT_OK, sync.output
     assert sorted(str(command["name"]) for command in fake_discord.commands()) == [
+        "Ask about this",
         "ask",
         "forget",
         "settings",

@@ -1000,3 +1000,42 @@ async def test_think_tags_go_out_in_the_content_exactly_as_scripted(
     chunks = await collect(stream)
 
     assert [c.choices[0].delta.content for c in chunks if c.choices][1:-1] == pieces
+
+
+async def test_a_hidden_concurrency_limit_refuses_requests_beyond_it(
+    server: FakeOpenAI, client: AsyncOpenAI
+) -> None:
+    server.concurrency_limit = 1
+    gate = server.gated_stream()
+    server.script(Reply("Second."))
+    first = await client.chat.completions.create(model=MODEL, messages=HELLO, stream=True)
+    await gate.started()
+
+    with pytest.raises(openai.RateLimitError) as refused:
+        await client.chat.completions.create(model=MODEL, messages=HELLO)
+    await gate.send("First.")
+    await gate.finish()
+    await collect(first)
+    await server.wait_idle()
+    answered = await client.chat.completions.create(model=MODEL, messages=HELLO)
+
+    assert refused.value.response.headers["retry-after-ms"] == "100"
+    assert refused.value.code == "concurrency_limit_exceeded"
+    # The refusal took nothing from the script: the next request got the scripted answer.
+    assert answered.choices[0].message.content == "Second."
+    assert [r.status for r in server.requests] == [200, 429, 200]
+    assert server.peak_answering == 1
+    assert server.answering == 0
+
+
+async def test_a_concurrency_limit_can_refuse_with_a_503(
+    server: FakeOpenAI, client: AsyncOpenAI
+) -> None:
+    server.concurrency_limit = 0
+    server.concurrency_refusal = server_error(503)
+
+    with pytest.raises(openai.InternalServerError) as refused:
+        await client.chat.completions.create(model=MODEL, messages=HELLO)
+
+    assert refused.value.status_code == 503
+    assert server.requests[0].status == 503

@@ -36,3 +36,13 @@ def test_each_error_has_its_own_short_sentence(error: llm.CompletionError, expec
 def test_messages_are_distinct_per_error_kind() -> None:
     kinds = {type(error): replies.error_message(error) for error, _ in CASES}
     assert len(set(kinds.values())) == len(kinds)
+
+
+def test_a_place_in_line_says_how_many_are_answered_at_once() -> None:
+    sentence = replies.queue_position(3, at_once=40)
+
+    assert "#3 in line" in sentence
+    assert "answering 40 at a time" in sentence
+    # One short sentence.
+    assert ". " not in sentence
+    assert len(sentence) < 100

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -11,9 +12,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bot.answers import replies
+from bot.answers.attachment import capped
 from bot.answers.chunking import split_message
 from bot.answers.formatting import final_parts
-from bot.answers.messages import DeliveryFailed, MessageGone
+from bot.answers.messages import Attachment, DeliveryFailed, MessageGone
 from bot.answers.streaming import FINAL_ATTEMPTS, WRITING_MARKER, LiveReply
 
 LIMIT = 200
@@ -31,9 +34,13 @@ class Recorder:
     """A `Messages` that checks Discord's limit and records every create and edit."""
 
     limit: int = LIMIT
+    cap: int | None = None
+    attached: discord.File | None = None
     shown: list[tuple[str, discord.ui.View | None]] = field(default_factory=list)
     writes: list[Shown] = field(default_factory=list)
     finished: list[str] | None = None
+    file: Attachment | None = None
+    """The file the last `finish` attached."""
     wrote: asyncio.Event = field(default_factory=asyncio.Event)
     """Set by every accepted write."""
 
@@ -51,6 +58,7 @@ class Recorder:
     async def show(self, index: int, content: str, view: discord.ui.View | None = None) -> None:
         assert 0 < len(content) <= self.limit, content
         assert index <= len(self.shown)
+        assert self.cap is None or index < self.cap
         if index == len(self.shown):
             self.shown.append((content, view))
         else:
@@ -58,8 +66,14 @@ class Recorder:
         self.writes.append(Shown(index, content, view))
         self.wrote.set()
 
-    async def finish(self, parts: Sequence[str], view: discord.ui.View | None = None) -> None:
+    async def finish(
+        self,
+        parts: Sequence[str],
+        view: discord.ui.View | None = None,
+        file: Attachment | None = None,
+    ) -> None:
         self.finished = list(parts)
+        self.file = file
         for index, part in enumerate(parts):
             shown = (part, view if index == len(parts) - 1 else None)
             if index == len(self.shown) or self.shown[index] != shown:
@@ -164,6 +178,60 @@ async def test_text_arriving_together_is_shown_in_one_write() -> None:
         "one two three" + WRITING_MARKER,
         "one two three",
     ]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    words=st.lists(WORDS, min_size=1, max_size=400),
+    step=st.integers(min_value=1, max_value=60),
+    cap=st.integers(min_value=1, max_value=4),
+)
+async def test_a_capped_answer_never_needs_more_messages_than_its_cap(
+    words: list[str], step: int, cap: int
+) -> None:
+    """Past the cap, the last allowed message shows the growing end, then the whole answer
+    attached; the recorder refuses any write past the cap."""
+    text = "".join(words)
+    if not text.strip():
+        return
+    recorder = Recorder(cap=cap)
+    live = LiveReply(recorder, interval=0.0, view_factory=lambda: Marker(timeout=None), limit=LIMIT)
+    renderer = asyncio.create_task(live.run())
+    for end in [*range(step, len(text), step), len(text)]:
+        live.update(text[:end])
+        for _ in range(3):
+            await asyncio.sleep(0)
+    parts, file = capped(split_message(text, LIMIT), text, cap)
+    await live.close(parts, renderer, None, file)
+    assert [content for content, _ in recorder.shown] == parts
+    if len(split_message(text, LIMIT)) <= cap:
+        assert recorder.file is None
+    else:
+        assert recorder.file is not None
+        assert parts[-1] == replies.WHOLE_ANSWER_ATTACHED
+        assert recorder.file.content == text.encode()
+
+
+async def test_a_thinking_model_shows_a_status_until_its_answer_replaces_it() -> None:
+    recorder = Recorder()
+    live = LiveReply(recorder, interval=0.0, view_factory=lambda: Marker(timeout=None), limit=LIMIT)
+    renderer = asyncio.create_task(live.run())
+    live.think()
+    await recorder.wrote.wait()
+    status, view = recorder.shown[0]
+    assert re.fullmatch(re.escape(replies.THINKING) + r" \d+ s", status)
+    assert view is not None  # the Stop button works while it thinks
+    assert live.first_shown_at is None  # a status is not answer text
+
+    recorder.wrote.clear()
+    live.update("Forty")
+    await recorder.wrote.wait()
+    assert recorder.shown == [("Forty" + WRITING_MARKER, view)]
+    assert live.first_shown_at is not None
+    reasoning = Attachment(replies.REASONING_FILE, b"six times seven\n")
+    await live.close(["Forty-two."], renderer, file=reasoning)
+    assert recorder.shown == [("Forty-two.", None)]
+    assert recorder.file == reasoning
 
 
 # --- Pacing of the final content, and writes Discord refuses ------------------------------------

@@ -10,15 +10,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import discord
 
 from bot.answers import replies
+from bot.answers.attachment import capped
 from bot.answers.formatting import final_parts
-from bot.answers.messages import DeliveryFailed, MessageGone, Messages
+from bot.answers.messages import Attachment, DeliveryFailed, MessageGone, Messages
 from bot.answers.streaming import LiveReply, write_final
 from bot.model import llm
+from bot.model.vision import has_images, without_images
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,10 @@ class Progress:
     finish_reason: str | None = None
     usage: llm.Usage | None = None
     error: llm.CompletionError | None = None
+    images_dropped: bool = False
+    """The model cannot see images: they were left out and the text alone was answered."""
+    reasoning: str = ""
+    """What a reasoning model thought first: never part of `text`, nor of any turn."""
 
 
 @dataclass(frozen=True)
@@ -53,9 +59,25 @@ class Question:
     footer: str | None = None
     unanswerable: llm.CompletionError | None = None
     """Known before asking: the model would refuse it (e.g. it is too long even alone)."""
+    declined: tuple[str, str] | None = None
+    """Known before asking: it is not asked (e.g. an attached file is unreadable); the
+    outcome kind and the sentence shown instead of an answer."""
     final_view: Callable[[Progress], Awaitable[discord.ui.View | None]] | None = None
     model: str | None = None
     """The model to answer with; None: the completer's own."""
+
+    def without_images(self) -> Question:
+        """The same question with its image parts left out."""
+        shorter = self.shorter
+        return replace(
+            self,
+            request=_without_images(self.request),
+            shorter=_without_images(shorter) if shorter is not None else None,
+        )
+
+    @property
+    def has_images(self) -> bool:
+        return not isinstance(self.request, str) and has_images(self.request)
 
     async def view_for(self, progress: Progress) -> discord.ui.View | None:
         if self.final_view is None or not progress.text.strip():
@@ -79,11 +101,19 @@ class Answerer:
     """Turns questions into answers shown through a `Messages` implementation."""
 
     def __init__(
-        self, completer: llm.Completer, *, stream: bool = True, edit_interval: float = 1.0
+        self,
+        completer: llm.Completer,
+        *,
+        stream: bool = True,
+        edit_interval: float = 1.0,
+        attach_reasoning: bool = False,
     ) -> None:
+        """`attach_reasoning`: a reasoning model's thoughts go with the answer's last
+        message as `reasoning.md` (SHOW_REASONING=file)."""
         self._completer = completer
         self._stream = stream
         self._edit_interval = edit_interval
+        self._attach_reasoning = attach_reasoning
 
     @property
     def completer(self) -> llm.Completer:
@@ -122,6 +152,13 @@ class Answerer:
             progress.error = question.unanswerable
             await _finish(messages, [replies.error_message(question.unanswerable)])
             return Outcome(question.unanswerable.kind, "", None, None)
+        if question.declined is not None:
+            on_model_done()
+            kind, sentence = question.declined
+            await _finish(messages, [sentence])
+            return Outcome(kind, "", None, None)
+        if question.has_images and self._completer.sees_images is False:
+            question, progress.images_dropped = question.without_images(), True
         try:
             if self._stream:
                 return await self._stream_answer(
@@ -134,11 +171,18 @@ class Answerer:
             log.info("answer not shown in full: %s", error)
             return Outcome(kind, progress.text, progress.usage, None)
 
-    async def _complete(self, question: Question, deadline: float | None) -> llm.Answer:
+    async def _complete(
+        self, question: Question, deadline: float | None, progress: Progress
+    ) -> llm.Answer:
         try:
             return await self._completer.complete(
                 question.request, deadline=deadline, model=question.model
             )
+        except llm.ImagesNotSupported:
+            if not question.has_images:
+                raise
+            progress.images_dropped = True
+            return await self._complete(question.without_images(), deadline, progress)
         except llm.PromptTooLong:
             if question.shorter is None:
                 raise
@@ -156,7 +200,7 @@ class Answerer:
         progress: Progress,
     ) -> Outcome:
         try:
-            answer = await self._complete(question, deadline)
+            answer = await self._complete(question, deadline, progress)
         except llm.CompletionError as error:
             on_model_done()
             progress.error = error
@@ -167,11 +211,12 @@ class Answerer:
             raise
         on_model_done()
         progress.text, progress.usage = answer.text, answer.usage
-        progress.finish_reason = answer.finish_reason
-        note = replies.TRUNCATED_NOTE if answer.truncated else question.footer
+        progress.finish_reason, progress.reasoning = answer.finish_reason, answer.reasoning
+        note = replies.TRUNCATED_NOTE if answer.truncated else _footer(question, progress)
         view = await question.view_for(progress)
         # Cut off by a shutdown while sending, the answer itself is still the best close.
-        await _finish(reply, final_parts(answer.text, note), view)
+        parts, file = capped(final_parts(answer.text, note), answer.text, reply.cap)
+        await _finish(reply, parts, view, file or self._reasoning_file(progress))
         kind = "truncated" if answer.truncated else "answered"
         return Outcome(kind, answer.text, answer.usage, asyncio.get_running_loop().time())
 
@@ -198,7 +243,8 @@ class Answerer:
                 )
             except asyncio.CancelledError:
                 consumer.cancel()
-                await _close(live, final_parts(progress.text, replies.RESTARTED_NOTE), renderer)
+                parts = final_parts(progress.text, replies.RESTARTED_NOTE)
+                await _close(live, parts, renderer, whole=progress.text)
                 raise
             if renderer in done:
                 # It ends early only by raising: the messages are gone, or Discord kept
@@ -213,10 +259,12 @@ class Answerer:
             on_model_done()
             if not stopped and consumer.exception() is not None:
                 # Unexpected: keep what was written, leave the apology to the tree.
-                await _close(live, final_parts(progress.text), renderer)
+                await _close(live, final_parts(progress.text), renderer, whole=progress.text)
                 consumer.result()
-            parts = streamed_parts(progress, stopped=stopped, footer=question.footer)
-            await _close(live, parts, renderer, await question.view_for(progress))
+            parts = streamed_parts(progress, stopped=stopped, footer=_footer(question, progress))
+            view = await question.view_for(progress)
+            reasoning = self._reasoning_file(progress)
+            await _close(live, parts, renderer, view, reasoning, whole=progress.text)
             return Outcome(
                 streamed_kind(progress, stopped=stopped),
                 progress.text,
@@ -226,6 +274,12 @@ class Answerer:
         finally:
             for task in (consumer, stop_waiter, renderer):
                 task.cancel()
+
+    def _reasoning_file(self, progress: Progress) -> Attachment | None:
+        """The `reasoning.md` of an answer, when asked for and the model reasoned."""
+        if not self._attach_reasoning or not progress.reasoning.strip():
+            return None
+        return reasoning_file(progress.reasoning)
 
     async def _consume(
         self, question: Question, live: LiveReply, progress: Progress, deadline: float | None
@@ -239,8 +293,13 @@ class Answerer:
                 ):
                     if chunk.text_was_reasoning:
                         # The model's template opened its reasoning unseen: what looked
-                        # like answer text so far was reasoning, and is no part of it.
+                        # like answer text so far was reasoning, and is no part of it
+                        # (this chunk's reasoning repeats it).
                         progress.text = ""
+                        live.update("")
+                    if chunk.reasoning:
+                        progress.reasoning += chunk.reasoning
+                        live.think()
                     if chunk.text:
                         progress.text += chunk.text
                         live.update(progress.text)
@@ -252,8 +311,30 @@ class Answerer:
                     return
                 log.info("prompt too long for the model: trying once with half the history")
                 request = question.shorter
+            except llm.ImagesNotSupported as error:
+                if progress.text or isinstance(current, str) or not has_images(current):
+                    progress.error = error
+                    return
+                progress.images_dropped = True
+                question = question.without_images()
+                request = question.request
             except llm.CompletionError as error:
                 progress.error = error
+
+
+def _without_images(request: Request) -> Request:
+    if isinstance(request, str):
+        return request
+    return without_images(request)
+
+
+def _footer(question: Question, progress: Progress) -> str | None:
+    """The note under a whole answer: that images went unseen, then the question's own."""
+    if not progress.images_dropped:
+        return question.footer
+    if question.footer is None:
+        return replies.IMAGES_NOT_SEEN
+    return f"{replies.IMAGES_NOT_SEEN}\n{question.footer}"
 
 
 async def _cancelled(task: asyncio.Task[None]) -> None:
@@ -267,20 +348,32 @@ async def _close(
     parts: list[str],
     renderer: asyncio.Task[None],
     view: discord.ui.View | None = None,
+    file: Attachment | None = None,
+    *,
+    whole: str,
 ) -> None:
-    """Close `live` with `parts`; if cancelled meanwhile, still write them, then re-raise."""
+    """Close `live` with `parts` and `file`, within its cap (past it, with `whole`, the
+    complete answer, attached instead: `capped`); if cancelled meanwhile, still write them,
+    then re-raise."""
+    parts, whole_file = capped(parts, whole, live.messages.cap)
+    file = whole_file or file
     try:
-        await live.close(parts, renderer, view)
+        await live.close(parts, renderer, view, file)
     except asyncio.CancelledError:
         # The renderer was cancelled with us; the final parts are still the right close.
-        await _finish(live.messages, parts, view)
+        await _finish(live.messages, parts, view, file)
         raise
 
 
-async def _finish(reply: Messages, parts: list[str], view: discord.ui.View | None = None) -> None:
-    """`reply.finish(parts, view)`, retried while Discord fails (`write_final`), and
+async def _finish(
+    reply: Messages,
+    parts: list[str],
+    view: discord.ui.View | None = None,
+    file: Attachment | None = None,
+) -> None:
+    """`reply.finish(parts, view, file)`, retried while Discord fails (`write_final`), and
     completed even when the caller is cancelled meanwhile."""
-    writing = asyncio.ensure_future(write_final(lambda: reply.finish(parts, view)))
+    writing = asyncio.ensure_future(write_final(lambda: reply.finish(parts, view, file)))
     try:
         await asyncio.shield(writing)
     except asyncio.CancelledError:
@@ -290,6 +383,11 @@ async def _finish(reply: Messages, parts: list[str], view: discord.ui.View | Non
         if not writing.cancelled() and writing.exception() is not None:
             log.info("could not close an answer cut off by a shutdown: %s", writing.exception())
         raise
+
+
+def reasoning_file(reasoning: str) -> Attachment:
+    """A model's reasoning as the Markdown file shown with its answer."""
+    return Attachment(replies.REASONING_FILE, reasoning.strip().encode() + b"\n")
 
 
 def streamed_parts(progress: Progress, *, stopped: bool, footer: str | None = None) -> list[str]:

@@ -11,6 +11,7 @@ An implementation raises one of two errors when the other side will not take a w
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 import discord
@@ -31,11 +32,31 @@ class DeliveryFailed(Exception):
     """A write was not accepted after retries; `str()` is for operators."""
 
 
+@dataclass(frozen=True)
+class Attachment:
+    """A file to attach to an answer's last message (e.g. the model's `reasoning.md`).
+
+    Plain bytes, not a `discord.File`: a final write may be retried, and each attempt
+    needs a fresh upload.
+    """
+
+    filename: str
+    content: bytes
+
+
 class Messages(Protocol):
     """An ordered set of messages that can be created and edited: Discord, or a terminal."""
 
     @property
     def count(self) -> int: ...
+
+    @property
+    def cap(self) -> int | None:
+        """The most messages the answer may have (None: as many as it needs).
+
+        An answer needing more is sent as `cap - 1` of its messages and a last one with
+        the whole answer attached (see `bot.answers.attachment`)."""
+        ...
 
     @property
     def message_ids(self) -> Sequence[int]:
@@ -52,7 +73,12 @@ class Messages(Protocol):
         """
         ...
 
-    async def finish(self, parts: Sequence[str], view: discord.ui.View | None = None) -> None:
-        """Show exactly `parts`, the last one with `view` and the others without buttons;
-        raises like `show`."""
+    async def finish(
+        self,
+        parts: Sequence[str],
+        view: discord.ui.View | None = None,
+        file: Attachment | None = None,
+    ) -> None:
+        """Show exactly `parts`, the last one with `view` (and `file`, when given, as its
+        only attachment) and the others without buttons; raises like `show`."""
         ...

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+from bot.conversation import files
 from bot.fair_use import budgets as usage
 from bot.model import llm
 
@@ -17,6 +18,14 @@ UNEXPECTED = (
 )
 TRUNCATED_NOTE = "*(The answer was cut off because it reached the length limit.)*"
 STOPPED_NOTE = "*(Stopped.)*"
+THINKING = "-# \N{THOUGHT BALLOON} Thinking\N{HORIZONTAL ELLIPSIS}"
+"""How the status a reasoning model's message shows before its answer begins."""
+REASONING_FILE = "reasoning.md"
+
+
+def thinking(seconds: float) -> str:
+    """The live status of an answer whose model has been reasoning for `seconds`."""
+    return f"{THINKING} {max(0, int(seconds))} s"
 
 
 def error_message(error: llm.CompletionError) -> str:
@@ -93,10 +102,11 @@ def too_many(limit: int) -> str:
 RESTARTED_NOTE = "*(I had to restart before finishing this answer. Please ask again.)*"
 
 
-def queue_position(place: int) -> str:
+def queue_position(place: int, *, at_once: int) -> str:
+    """An ask's place in line, and how many asks are answered at once (the gate's limit now)."""
     return (
-        f"\N{HOURGLASS WITH FLOWING SAND} You're #{place} in line; "
-        "I'll start on your question as soon as I can."
+        f"\N{HOURGLASS WITH FLOWING SAND} You're #{place} in line (answering {at_once} at a "
+        "time); I'll start on your question as soon as I can."
     )
 
 
@@ -177,3 +187,43 @@ def effective_settings(
     if not channel_prompt:
         lines.append("-# This channel has no prompt of its own.")
     return "\n".join(lines)
+
+
+ACCEPTED_FILES = (
+    "text files (code, Markdown, CSV, JSON, logs…), PDFs and images (PNG, JPEG, WebP, GIF)"
+)
+IMAGES_NOT_SEEN = "-# This model can't see images, so I answered from your text alone."
+
+
+def attachment_refused(refusal: files.Refusal, max_bytes: int) -> str:
+    """Why an attached file is not read, naming it (and what is accepted, when it is its type)."""
+    name = _file_name(refusal.filename)
+    if refusal.reason == "unsupported":
+        return f"I can't read {name}. I can read {ACCEPTED_FILES}."
+    if refusal.reason == "too_large":
+        return f"{name} is too large: I read files of up to {_size(max_bytes)}."
+    if refusal.reason == "not_from_discord":
+        return f"I only read files uploaded to Discord, and {name} isn't one."
+    if refusal.reason == "no_text":
+        return f"I found no text in {name}; a scanned PDF holds only pictures of its pages."
+    return f"I couldn't read {name}. Please check the file and try again."
+
+
+def _file_name(filename: str) -> str:
+    # A name is the uploader's text: one line, no backticks to break out of the code span.
+    name = " ".join(filename.replace("`", "'").split())[:100] or "that file"
+    return f"`{name}`"
+
+
+def _size(size: int) -> str:
+    if size >= 1024 * 1024:
+        return f"{size / (1024 * 1024):.3g} MB"
+    if size >= 1024:
+        return f"{size / 1024:.3g} KB"
+    return f"{size:,} bytes"
+
+
+WHOLE_ANSWER_ATTACHED = (
+    "*(This answer is longer than the messages I may send here: "
+    "the whole answer is in the attached file.)*"
+)

@@ -9,8 +9,11 @@
 - once the splitter says a message can no longer change (`settled_count`), it gets
   its final content, loses the marker and the button, and is never edited again;
   the text continues in the next message;
+- while a reasoning model thinks (`think()`) and no answer text has come yet, the
+  first message shows a status instead ("Thinking… 12 s", `replies.thinking`), paced
+  like any edit; the answer text replaces it;
 - `close(parts)` writes the final messages, which are exactly what the non-streamed
-  path sends for the same answer.
+  path sends for the same answer (and an optional file on the last one).
 
 Pacing is per answer and per message: there is no global timer or lock. Only progress
 is paced: the final content goes out as soon as it is known (discord.py still waits out
@@ -32,9 +35,10 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import discord
 
+from bot.answers import replies
 from bot.answers.chunking import MIN_LIMIT, close_open_fence, settled_count, split_message
 from bot.answers.formatting import MESSAGE_LIMIT
-from bot.answers.messages import DeliveryFailed, Messages
+from bot.answers.messages import Attachment, DeliveryFailed, Messages
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +67,8 @@ class LiveReply:
         self._text = ""
         self._final: Sequence[str] | None = None
         self._final_view: discord.ui.View | None = None
+        self._final_file: Attachment | None = None
+        self._thinking_since: float | None = None
         self._changed = asyncio.Event()
         self._closing = asyncio.Event()
         self._sealed = 0
@@ -77,8 +83,20 @@ class LiveReply:
         return self._reply
 
     def update(self, text: str) -> None:
-        """The answer so far; cheap, call it for every chunk."""
+        """The answer so far; cheap, call it for every chunk.
+
+        Text that does not continue the last (what looked like answer text was reasoning
+        after all) rewrites the messages from the first.
+        """
+        if not text.startswith(self._text):
+            self._sealed = 0
         self._text = text
+        self._changed.set()
+
+    def think(self) -> None:
+        """The model is reasoning: until answer text comes, show how long it has been."""
+        if self._thinking_since is None:
+            self._thinking_since = asyncio.get_running_loop().time()
         self._changed.set()
 
     async def close(
@@ -86,13 +104,15 @@ class LiveReply:
         parts: Sequence[str],
         renderer: asyncio.Task[None],
         view: discord.ui.View | None = None,
+        file: Attachment | None = None,
     ) -> None:
         """Stop showing progress and make the channel show exactly `parts`, the last one
-        with `view`.
+        with `view` and `file`.
 
         Raises what `run()` raised, if it ended early or fails now.
         """
         self._final_view = view
+        self._final_file = file
         self._final = parts
         self._changed.set()
         self._closing.set()
@@ -146,21 +166,30 @@ class LiveReply:
         text = self._text
         parts = split_message(text, self._limit)
         if not parts:
+            if self._thinking_since is not None and self._sealed == 0:
+                status = replies.thinking(loop.time() - self._thinking_since)
+                await self._show(0, status, loop, live=True, answer=False)
             return
         settled = settled_count(text, self._limit)
+        cap = self._reply.cap
+        if cap is not None:
+            # The last message allowed shows whatever is being written: the final one
+            # may be the note with the whole answer attached.
+            settled = min(settled, cap - 1)
         while self._sealed < settled:
             await self._show(self._sealed, parts[self._sealed], loop, live=False)
             self._sealed += 1
+        growing = parts[self._sealed] if cap is None or self._sealed < cap - 1 else parts[-1]
         if self._final is None:
-            await self._show(self._sealed, self._live_text(parts[self._sealed]), loop, live=True)
+            await self._show(self._sealed, self._live_text(growing), loop, live=True)
 
     async def _render_final(self, parts: Sequence[str], loop: asyncio.AbstractEventLoop) -> None:
         last = len(parts) - 1
         for index in range(self._sealed, last):
             show = functools.partial(self._show, index, parts[index], loop, live=False, paced=False)
             await self._retrying(show)
-        view = self._final_view
-        await self._retrying(functools.partial(self._reply.finish, parts, view))
+        finish = functools.partial(self._reply.finish, parts, self._final_view, self._final_file)
+        await self._retrying(finish)
 
     async def _retrying(self, write: Callable[[], Awaitable[None]]) -> None:
         await write_final(write)
@@ -173,6 +202,7 @@ class LiveReply:
         *,
         live: bool,
         paced: bool = True,
+        answer: bool = True,
     ) -> None:
         view = self._view_for(index) if live else None
         if index < self._reply.count:
@@ -183,7 +213,7 @@ class LiveReply:
             self.edits += 1
         await self._reply.show(index, content, view)
         self._last_edit[index] = loop.time()
-        if self.first_shown_at is None:
+        if self.first_shown_at is None and answer:
             self.first_shown_at = self._last_edit[index]
 
     async def _pace(self, index: int, loop: asyncio.AbstractEventLoop) -> bool:

@@ -42,15 +42,18 @@ class Ask(commands.Cog):
     @app_commands.describe(
         prompt="Your question or request for the model",
         private="Show the answer only to you",
+        file="A text file, code, PDF or image for the model to read",
     )
     async def ask(
         self,
         interaction: discord.Interaction,
         prompt: app_commands.Range[str, 1, MAX_PROMPT_LENGTH],
         private: bool = False,
+        file: discord.Attachment | None = None,
     ) -> None:
         """Ask the language model a question."""
-        await self._conversations.ask(interaction, prompt, private=private)
+        files = [file] if file is not None else []
+        await self._conversations.ask(interaction, prompt, private=private, files=files)
 
     @app_commands.command(name="usage")
     async def usage(self, interaction: discord.Interaction) -> None:
@@ -84,6 +87,7 @@ class AskWithModel(Ask):
         prompt="Your question or request for the model",
         model="The model to answer with (the server's default if you leave it out)",
         private="Show the answer only to you",
+        file="A text file, code, PDF or image for the model to read",
     )
     async def ask(  # type: ignore[override]
         self,
@@ -91,13 +95,17 @@ class AskWithModel(Ask):
         prompt: app_commands.Range[str, 1, MAX_PROMPT_LENGTH],
         model: app_commands.Range[str, 1, 100] | None = None,
         private: bool = False,
+        file: discord.Attachment | None = None,
     ) -> None:
         """Ask the language model a question."""
         if model is not None and model not in self._conversations.models:
             # Autocomplete only suggests: anything may be typed.
             await interaction.response.send_message(replies.UNKNOWN_MODEL, ephemeral=True)
             return
-        await self._conversations.ask(interaction, prompt, private=private, model=model)
+        files = [file] if file is not None else []
+        await self._conversations.ask(
+            interaction, prompt, private=private, model=model, files=files
+        )
 
     @ask.autocomplete("model")
     async def _models(

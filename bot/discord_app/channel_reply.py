@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 from collections.abc import Iterator, Sequence
 
 import discord
 
-from bot.answers.messages import MessageGone
+from bot.answers.messages import Attachment, MessageGone
 from bot.discord_app.pacing import ChannelPacer
 from bot.discord_app.reply import translate_failures
 from bot.fair_use import access
@@ -37,6 +38,29 @@ _PERMISSION_HINTS = {
     MISSING_PERMISSIONS: "Send Messages (Send Messages in Threads in a thread)",
     CANNOT_REPLY_WITHOUT_HISTORY: "Read Message History",
 }
+
+
+def missing_permissions(message: discord.Message) -> list[str]:
+    """The permissions the bot lacks to reply to `message` where it was posted, as far as
+    its cached view of the channel tells (empty in direct messages, or when unknown)."""
+    guild = message.guild
+    if guild is None or guild.me is None:
+        return []
+    channel = message.channel
+    if not isinstance(channel, discord.abc.GuildChannel | discord.Thread):
+        return []
+    allowed = channel.permissions_for(guild.me)
+    needed = [
+        ("View Channel", allowed.view_channel),
+        (
+            "Send Messages in Threads" if isinstance(channel, discord.Thread) else "Send Messages",
+            allowed.send_messages_in_threads
+            if isinstance(channel, discord.Thread)
+            else allowed.send_messages,
+        ),
+        ("Read Message History", allowed.read_message_history),
+    ]
+    return [name for name, granted in needed if not granted]
 
 
 class NotPermitted(MessageGone):
@@ -60,6 +84,9 @@ class ChannelReply:
     @property
     def count(self) -> int:
         return len(self._messages)
+
+    cap: int | None = None
+    """A channel takes as many messages as an answer needs."""
 
     @property
     def message_ids(self) -> list[int]:
@@ -118,8 +145,14 @@ class ChannelReply:
         self._messages.append(sent)
         self._shown.append((content, view))
 
-    async def finish(self, parts: Sequence[str], view: discord.ui.View | None = None) -> None:
-        """Show exactly `parts`, the last with `view`; surplus earlier messages are deleted."""
+    async def finish(
+        self,
+        parts: Sequence[str],
+        view: discord.ui.View | None = None,
+        file: Attachment | None = None,
+    ) -> None:
+        """Show exactly `parts`, the last with `view` and `file`; surplus earlier messages
+        are deleted."""
         self.stop_typing()
         for index, part in enumerate(parts):
             await self.show(index, part, view if index == len(parts) - 1 else None)
@@ -129,6 +162,15 @@ class ChannelReply:
             await self._pacer.take(self._channel_id)
             with _translated(self._channel_id):
                 await message.delete()
+        if file is not None and parts:
+            await self._attach(len(parts) - 1, file)
+
+    async def _attach(self, index: int, file: Attachment) -> None:
+        """Give message `index` `file` as its one attachment, keeping what it shows."""
+        await self._pacer.take(self._channel_id)
+        upload = discord.File(io.BytesIO(file.content), filename=file.filename)
+        with _translated(self._channel_id):
+            self._messages[index] = await self._messages[index].edit(attachments=[upload])
 
 
 @contextlib.contextmanager
@@ -190,3 +232,13 @@ class MessageSurface:
 
     async def acknowledge(self) -> None:
         self.messages.start_typing()
+
+    def unanswerable(self) -> str | None:
+        missing = missing_permissions(self._message)
+        if not missing:
+            return None
+        return (
+            f"cannot answer in channel {self._message.channel.id}: the bot lacks "
+            f"{' and '.join(missing)} there (message {self.id}); give it that permission, "
+            "or ask with /ask"
+        )

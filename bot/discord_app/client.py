@@ -1,8 +1,9 @@
 """The Discord client: safe defaults, the commands, follow-ups, and command syncing.
 
-It needs no privileged intent: slash commands and buttons arrive as interactions, and
-the messages it reads (replies to its answers, mentions of it) carry their content
-without the Message Content intent, because they mention the bot.
+It needs no privileged intent: slash commands, the "Ask about this" message command (the
+message comes resolved in it) and buttons arrive as interactions, and the messages it reads
+(replies to its answers, mentions of it) carry their content without the Message Content
+intent, because they mention the bot.
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ from discord.ext import commands
 from bot.answers.answering import Answerer
 from bot.config import Settings
 from bot.conversation.context import context_budget
+from bot.conversation.files import FileRules
 from bot.conversation.settings import SettingsStore
 from bot.conversation.tokens import TokenCounter
 from bot.conversation.turns import ConversationStore
 from bot.discord_app.ask import Ask, AskWithModel
+from bot.discord_app.ask_about import ask_about_menu
 from bot.discord_app.conversations import Conversations
 from bot.discord_app.follow_up import FollowUpButton
 from bot.discord_app.pacing import ChannelPacer
@@ -60,6 +63,9 @@ class AskBot(commands.Bot):
             allowed_contexts=app_commands.AppCommandContext(
                 guild=True, dm_channel=dms, private_channel=dms
             ),
+            # Servers add the app, and so can people, to their own account: then /ask
+            # works wherever they are and apps are allowed (access rules still apply).
+            allowed_installs=app_commands.AppInstallationType(guild=True, user=True),
             http_trace=fair_use.metrics.discord_trace(),
         )
         self._fair_use = fair_use
@@ -76,6 +82,7 @@ class AskBot(commands.Bot):
             self._completer,
             stream=self._settings.stream_responses,
             edit_interval=self._settings.stream_edit_interval,
+            attach_reasoning=self._settings.show_reasoning == "file",
         )
         conversations = Conversations(
             AskPipeline(answerer, self._fair_use),
@@ -88,6 +95,9 @@ class AskBot(commands.Bot):
             models=self._offered_models(),
             settings=self._settings_store,
             budget_for=lambda model: context_budget(self._settings, model).prompt_tokens,
+            files=FileRules(
+                self._settings.max_attachment_bytes, self._settings.max_attachment_chars
+            ),
         )
         self._conversations = conversations
         FollowUpButton.service = conversations
@@ -103,6 +113,7 @@ class AskBot(commands.Bot):
                 system_prompt=self._settings.system_prompt,
             )
         )
+        self.tree.add_command(ask_about_menu(conversations))
         guild_id = self._settings.discord_guild_id
         if self._sync_on_start and guild_id is not None:
             guild = discord.Object(id=guild_id)

@@ -6,6 +6,10 @@ button's modal, or a reply to any message of an answer) continues from that turn
 model receives the system prompt, as many of the newest earlier turns of that chain as
 fit its context, and the new question. Replying to an older answer branches from there.
 A fresh `/ask`, or a message that only mentions the bot, starts a new conversation.
+
+Files (`/ask`'s `file`, a message's attachments) are checked on what Discord says of them
+before the ask is admitted, downloaded once it is (`attachments.fetch`), and their text
+added to the prompt; images go as image parts of the new message only.
 """
 
 from __future__ import annotations
@@ -13,28 +17,33 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import discord
 
 from bot.answers import replies
 from bot.answers.answering import Outcome, Progress, Question, Request
+from bot.conversation import files as attached
 from bot.conversation.context import (
     PromptOverBudget,
     build_context,
     count_request,
     count_turn,
 )
+from bot.conversation.files import FileRules, Files
 from bot.conversation.settings import ServerSettings, SettingsStore, effective_prompt
 from bot.conversation.tokens import TokenCounter
 from bot.conversation.turns import ConversationStore, NewTurn, Turn, TurnId, may_continue
+from bot.discord_app import attachments
+from bot.discord_app.ask_about import quoted_prompt
 from bot.discord_app.channel_reply import MessageSurface
 from bot.discord_app.follow_up import follow_up_view
 from bot.discord_app.pacing import ChannelPacer
-from bot.discord_app.pipeline import AskPipeline, Surface
+from bot.discord_app.pipeline import AskPipeline, Surface, TurnedAway
 from bot.discord_app.reply import InteractionSurface
 from bot.model import llm
+from bot.model.vision import user_message
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +63,8 @@ class Where:
     """The channel whose settings apply: a thread's parent; None for `channel_id` itself."""
     model: str | None = None
     """The model the asker chose (a fresh `/ask`); None: the server's or the bot's default."""
+    quotes: bool = False
+    """The prompt quotes someone else's words: it goes labelled, with the rules on labels."""
 
 
 class Conversations:
@@ -72,6 +83,7 @@ class Conversations:
         models: Sequence[str] = (),
         settings: SettingsStore | None = None,
         budget_for: Callable[[str], int] | None = None,
+        files: FileRules | None = None,
     ) -> None:
         self._asks = asks
         self._store = store
@@ -83,6 +95,7 @@ class Conversations:
         self._models = tuple(models) or (model,)
         self._settings = settings
         self._budget_for = budget_for
+        self._files = files or FileRules(max_bytes=8 * 1024 * 1024, max_chars=20_000)
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -100,9 +113,10 @@ class Conversations:
         *,
         private: bool,
         model: str | None = None,
+        files: Sequence[discord.Attachment] = (),
     ) -> None:
-        """A fresh `/ask`: a new conversation, with `model` when the asker chose one of
-        `models` (the caller checks that)."""
+        """A fresh `/ask`, perhaps with files: a new conversation, with `model` when the
+        asker chose one of `models` (the caller checks that)."""
         surface = InteractionSurface(interaction, private=private)
         where = Where(
             _display_name(interaction.user),
@@ -111,6 +125,22 @@ class Conversations:
             settings_channel_id=_parent_id(interaction.channel),
             model=model,
         )
+        await self._run(surface, prompt, where, parent=None, files=files)
+
+    async def ask_about(
+        self, interaction: discord.Interaction, message: discord.Message, question: str
+    ) -> None:
+        """The "Ask about this" modal was submitted: a new conversation about `message`."""
+        surface = InteractionSurface(interaction, private=False)
+        where = Where(
+            _display_name(interaction.user),
+            _channel_id(interaction),
+            private=False,
+            settings_channel_id=_parent_id(interaction.channel),
+            quotes=True,
+        )
+        names = [attachment.filename for attachment in message.attachments]
+        prompt = quoted_prompt(_display_name(message.author), message.content, names, question)
         await self._run(surface, prompt, where, parent=None)
 
     async def may_follow_up(self, turn_id: TurnId, user_id: int) -> str | None:
@@ -160,23 +190,42 @@ class Conversations:
             private=False,
             settings_channel_id=_parent_id(message.channel),
         )
-        await self._run(surface, prompt, where, parent=parent)
+        await self._run(surface, prompt, where, parent=parent, files=message.attachments)
 
     async def forget(self, user_id: int) -> int:
         return await self._store.forget_user(user_id)
 
-    async def _run(self, surface: Surface, prompt: str, where: Where, parent: Turn | None) -> None:
+    async def _run(
+        self,
+        surface: Surface,
+        prompt: str,
+        where: Where,
+        parent: Turn | None,
+        files: Sequence[discord.Attachment] = (),
+    ) -> None:
         saved: list[Turn] = []
+        # Checked on what Discord says of each file, before anything is downloaded.
+        accepted = attached.accept(attachments.offered_all(files), self._files)
+        refusal = None
+        if isinstance(accepted, attached.Refusal):
+            sentence = replies.attachment_refused(accepted, self._files.max_bytes)
+            refusal, accepted = TurnedAway("attachment_refused", sentence), attached.Accepted()
 
         async def prepare() -> Question:
-            return await self._question(prompt, where, parent, saved, surface)
+            read = await attachments.fetch(accepted, self._files)
+            if isinstance(read, attached.Refusal):
+                sentence = replies.attachment_refused(read, self._files.max_bytes)
+                return Question(prompt, declined=("attachment_unreadable", sentence))
+            return await self._question(prompt, where, parent, saved, surface, read)
 
         async def after(outcome: Outcome, question: Question) -> None:
             if saved:
                 # The last message (carrying the button) was sent after the turn was saved.
                 await self._store.add_messages(saved[0].id, _message_ids(surface))
 
-        await self._asks.run(surface, prompt, prepare, after=after)
+        await self._asks.run(
+            surface, prompt, prepare, after=after, extra_tokens=accepted.tokens, refusal=refusal
+        )
 
     async def _question(
         self,
@@ -185,11 +234,19 @@ class Conversations:
         parent: Turn | None,
         saved: list[Turn],
         surface: Surface,
+        files: Files,
     ) -> Question:
         chain = await self._store.chain(parent.id, MAX_CHAIN) if parent is not None else []
         system_prompt, model = await self._setup(surface.guild_id, where, parent)
-        counted = await count_request(self._counter, system_prompt, where.asker, prompt)
         budget = self._budget_for(model) if self._budget_for is not None else self._budget
+        # The files' text is the asker's words, saved with the turn for later follow-ups;
+        # images go only to this request, counted like text would be.
+        prompt = files.prompt(prompt)
+        counted = await count_request(self._counter, system_prompt, where.asker, prompt)
+        if files.images:
+            counted = replace(
+                counted, prompt=counted.prompt + attached.IMAGE_TOKENS * len(files.images)
+            )
         context = build_context(
             system_prompt=system_prompt,
             chain=chain,
@@ -235,10 +292,11 @@ class Conversations:
 
         # A fresh question holds nobody's words but the asker's: it goes as it is, after
         # the system prompt. Labels, and the rules about them, come with a history.
-        request: Request = context.messages if chain else _lone(system_prompt, prompt)
+        messages = context.messages if chain or where.quotes else _lone(system_prompt, prompt)
+        request: Request = _with_images(messages, files) if files.images else messages
         return Question(
             request,
-            shorter=shorter.messages if shorter is not None else None,
+            shorter=_with_images(shorter.messages, files) if shorter is not None else None,
             footer=replies.OLDER_TURNS_LEFT_OUT if chain and context.turns_left_out else None,
             final_view=save,
             model=model,
@@ -270,6 +328,13 @@ def _lone(system_prompt: str, prompt: str) -> list[llm.ChatMessage]:
 def _parent_id(channel: object) -> int | None:
     """A thread's parent channel, whose settings the thread uses."""
     return channel.parent_id if isinstance(channel, discord.Thread) else None
+
+
+def _with_images(messages: Sequence[llm.ChatMessage], files: Files) -> list[llm.ChatMessage]:
+    """`messages` with the files' images after the text of the last (the new) message."""
+    *earlier, last = messages
+    text = last.get("content")
+    return [*earlier, user_message(text if isinstance(text, str) else "", files.pictures)]
 
 
 def _message_ids(surface: Surface) -> list[int]:

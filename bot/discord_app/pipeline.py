@@ -114,6 +114,11 @@ class Surface(Protocol):
         """Show that the ask is being worked on (a "thinking…" message, typing)."""
         ...
 
+    def unanswerable(self) -> str | None:
+        """Why no answer could be shown here at all (for the operator), or None; checked
+        first, so no tokens are spent on an answer nobody could see."""
+        ...
+
 
 @dataclass(frozen=True)
 class TurnedAway:
@@ -157,12 +162,17 @@ class AskPipeline:
         prepare: Prepare,
         *,
         after: Callable[[Outcome, Question], Awaitable[None]] | None = None,
+        extra_tokens: int = 0,
+        refusal: TurnedAway | None = None,
     ) -> Outcome | None:
         """Answer `prompt` on `surface`, or turn it away; return how the answer ended.
 
         `prepare()` builds what the model is asked, after admission. `after(outcome,
         question)` runs once the answer is shown (e.g. to store the conversation's turn),
         before the log line. Returns None when the ask was turned away or never started.
+        `extra_tokens` is what the ask carries besides `prompt` (attached files), counted
+        in its budget estimates; `refusal` turns it away after the access check (a file
+        that is not read).
         """
         # Not the client's loop attribute: discord.py unsets it when the client closes.
         loop = asyncio.get_running_loop()
@@ -170,25 +180,35 @@ class AskPipeline:
 
         async def show_place(place: int) -> None:
             try:
-                await surface.messages.show(0, replies.queue_position(place))
+                sentence = replies.queue_position(place, at_once=self._fair.gate.limit)
+                await surface.messages.show(0, sentence)
             except DeliveryFailed as error:
                 # Only a preview: the next place, or the answer, shows once Discord recovers.
                 log.warning("could not show an ask's place in line (%s)", error)
 
-        admitted = self._admit(surface, prompt, show_place)
+        unanswerable = surface.unanswerable()
+        if unanswerable is not None:
+            log.warning("%s", unanswerable)
+            self._log(surface, "forbidden", received, None, None, None)
+            return None
+        admitted = self._admit(surface, prompt, show_place, refusal)
         if isinstance(admitted, TurnedAway):
             await self._turn_away(surface, admitted, received)
             return None
         with self._fair.in_flight.track():
             try:
-                estimate = budgets.estimate_tokens(prompt) + self._fair.reserve_tokens
+                estimate = (
+                    budgets.estimate_tokens(prompt) + extra_tokens + self._fair.reserve_tokens
+                )
                 hold = await self._fair.budgets.reserve(surface.user_id, surface.guild_id, estimate)
                 if hold.exhausted is not None:
                     sentence = replies.budget_exhausted(hold.exhausted, hold.resets_at_unix)
                     admitted.release()
                     await self._turn_away(surface, TurnedAway("over_budget", sentence), received)
                     return None
-                return await self._handle(surface, prompt, prepare, after, admitted, hold, received)
+                return await self._handle(
+                    surface, prompt, prepare, after, admitted, hold, received, extra_tokens
+                )
             finally:
                 admitted.release()
 
@@ -205,6 +225,7 @@ class AskPipeline:
         admitted: Admitted,
         hold: budgets.Hold,
         received: float,
+        extra_tokens: int,
     ) -> Outcome | None:
         loop = asyncio.get_running_loop()
         acked: float | None = None
@@ -248,19 +269,25 @@ class AskPipeline:
                     deadline=answer_by,
                     progress=progress,
                 )
-            tokens = await self._settle(surface, prompt, hold, outcome.usage, outcome.text)
+            tokens = await self._settle(
+                surface, prompt, extra_tokens, hold, outcome.usage, outcome.text
+            )
             if after is not None:
                 await after(outcome, question)
             self._log(surface, outcome.kind, received, acked, outcome, tokens)
             return outcome
         except asyncio.CancelledError:
             # Shutdown ran out of grace; the answer has already been closed with a note.
-            tokens = await self._settle(surface, prompt, hold, progress.usage, progress.text)
+            tokens = await self._settle(
+                surface, prompt, extra_tokens, hold, progress.usage, progress.text
+            )
             self._log(surface, "cancelled", received, acked, None, tokens)
             raise
         except Exception:
             # Still one line (and one count) per ask; the error boundary logs the traceback.
-            tokens = await self._settle(surface, prompt, hold, progress.usage, progress.text)
+            tokens = await self._settle(
+                surface, prompt, extra_tokens, hold, progress.usage, progress.text
+            )
             self._log(surface, "error", received, acked, None, tokens)
             raise
         finally:
@@ -268,15 +295,21 @@ class AskPipeline:
             await hold.settle(0)
 
     def _admit(
-        self, surface: Surface, prompt: str, on_position: limits.PositionCallback
+        self,
+        surface: Surface,
+        prompt: str,
+        on_position: limits.PositionCallback,
+        turned_away: TurnedAway | None = None,
     ) -> Admitted | TurnedAway:
         """Places at the gate and among the asker's asks, or why the ask is turned away.
 
         Synchronous on purpose: no other ask can slip in between a check and its record.
         """
-        refusal = access.refusal(self._fair.rules, surface.origin)
-        if refusal is not None:
-            return TurnedAway("not_allowed", refusal)
+        denied = access.refusal(self._fair.rules, surface.origin)
+        if denied is not None:
+            return TurnedAway("not_allowed", denied)
+        if turned_away is not None:
+            return turned_away
         if not prompt.strip():
             return TurnedAway("empty_prompt", replies.EMPTY_PROMPT)
         if len(prompt) > self._fair.max_prompt_chars:
@@ -307,6 +340,7 @@ class AskPipeline:
         self,
         surface: Surface,
         prompt: str,
+        extra_tokens: int,
         hold: budgets.Hold,
         spent: llm.Usage | None,
         text: str,
@@ -320,7 +354,7 @@ class AskPipeline:
         if spent is not None:
             prompt_tokens, completion_tokens = spent.prompt_tokens, spent.completion_tokens
         elif text:
-            prompt_tokens = budgets.estimate_tokens(prompt) + PROMPT_OVERHEAD_TOKENS
+            prompt_tokens = budgets.estimate_tokens(prompt) + extra_tokens + PROMPT_OVERHEAD_TOKENS
             completion_tokens = budgets.estimate_tokens(text)
             log.info(
                 "provider reported no token usage for %s %s; counting an estimate of %d tokens",

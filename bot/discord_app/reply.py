@@ -9,12 +9,13 @@ which live as long as the interaction's token (15 minutes).
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 from collections.abc import Iterator, Sequence
 
 import discord
 
-from bot.answers.messages import DeliveryFailed, MessageGone
+from bot.answers.messages import Attachment, DeliveryFailed, MessageGone
 from bot.discord_app import pipeline
 from bot.fair_use import access
 
@@ -32,12 +33,16 @@ class Reply:
     The interaction must already be acknowledged with a defer. The first message
     sent replaces the "thinking…" message (after a defer, the first followup *is*
     the original response); later ones follow it. A message is edited only when its
-    content or its buttons change, so repeated calls cost no requests.
+    content or its buttons change, so repeated calls cost no requests. `cap` is the most
+    messages Discord lets the interaction send (None: no limit); asking for more is a bug.
     """
 
-    def __init__(self, followup: discord.Webhook, *, ephemeral: bool = False) -> None:
+    def __init__(
+        self, followup: discord.Webhook, *, ephemeral: bool = False, cap: int | None = None
+    ) -> None:
         self._followup = followup
         self._ephemeral = ephemeral
+        self._cap = cap
         self._messages: list[discord.WebhookMessage] = []
         self._shown: list[tuple[str, discord.ui.View | None]] = []
 
@@ -45,6 +50,10 @@ class Reply:
     def count(self) -> int:
         """How many messages have been sent so far."""
         return len(self._messages)
+
+    @property
+    def cap(self) -> int | None:
+        return self._cap
 
     @property
     def message_ids(self) -> list[int]:
@@ -64,19 +73,33 @@ class Reply:
         with translate_failures():
             await self._show(index, content, view)
 
-    async def _show(self, index: int, content: str, view: discord.ui.View | None) -> None:
+    async def _show(
+        self,
+        index: int,
+        content: str,
+        view: discord.ui.View | None,
+        file: Attachment | None = None,
+    ) -> None:
+        if self._cap is not None and index >= self._cap:
+            raise IndexError(f"message {index} requested past the cap of {self._cap}")
         if index < len(self._messages):
-            if self._shown[index] == (content, view):
+            if self._shown[index] == (content, view) and file is None:
                 return
             message = self._messages[index]
-            self._messages[index] = await message.edit(content=content, view=view)
-        elif index == len(self._messages):
-            if view is None:
-                message = await self._followup.send(content, wait=True, ephemeral=self._ephemeral)
+            if file is None:
+                self._messages[index] = await message.edit(content=content, view=view)
             else:
-                message = await self._followup.send(
-                    content, wait=True, ephemeral=self._ephemeral, view=view
+                self._messages[index] = await message.edit(
+                    content=content, view=view, attachments=[_discord_file(file)]
                 )
+        elif index == len(self._messages):
+            message = await self._followup.send(
+                content,
+                wait=True,
+                ephemeral=self._ephemeral,
+                view=view or discord.utils.MISSING,
+                file=_discord_file(file) if file is not None else discord.utils.MISSING,
+            )
             self._messages.append(message)
         else:
             raise IndexError(f"message {index} requested after only {len(self._messages)}")
@@ -85,15 +108,31 @@ class Reply:
         else:
             self._shown.append((content, view))
 
-    async def finish(self, parts: Sequence[str], view: discord.ui.View | None = None) -> None:
-        """Show exactly `parts`, the last with `view`; surplus earlier messages are deleted."""
+    async def finish(
+        self,
+        parts: Sequence[str],
+        view: discord.ui.View | None = None,
+        file: Attachment | None = None,
+    ) -> None:
+        """Show exactly `parts`, the last with `view` and `file`; surplus earlier messages
+        are deleted."""
+        last = len(parts) - 1
         for index, part in enumerate(parts):
-            await self.show(index, part, view if index == len(parts) - 1 else None)
+            if index == last:
+                with translate_failures():
+                    await self._show(index, part, view, file)
+            else:
+                await self.show(index, part)
         while len(self._messages) > len(parts):
             message = self._messages.pop()
             self._shown.pop()
             with translate_failures():
                 await message.delete()
+
+
+def _discord_file(file: Attachment) -> discord.File:
+    """A fresh upload of `file` (a `discord.File` is spent by one request)."""
+    return discord.File(io.BytesIO(file.content), filename=file.filename)
 
 
 @contextlib.contextmanager
@@ -126,7 +165,9 @@ class InteractionSurface:
     def __init__(self, interaction: discord.Interaction, *, private: bool) -> None:
         self._interaction = interaction
         self._private = private
-        self.messages = Reply(interaction.followup, ephemeral=private)
+        self.messages = Reply(
+            interaction.followup, ephemeral=private, cap=followup_cap(interaction)
+        )
 
     @property
     def id(self) -> int:
@@ -153,6 +194,26 @@ class InteractionSurface:
 
     async def acknowledge(self) -> None:
         await self._interaction.response.defer(thinking=True, ephemeral=self._private)
+
+    def unanswerable(self) -> str | None:
+        # An interaction's response needs no permission in the channel.
+        return None
+
+
+USER_INSTALL_FOLLOWUPS = 5
+"""Discord's limit of followup messages for an interaction of an app installed only by the
+person using it (its authorizing integration owners have no guild install)."""
+
+
+def followup_cap(interaction: discord.Interaction) -> int | None:
+    """How many followup messages Discord lets `interaction` send (None: no limit)."""
+    # discord.py keeps the owners only privately; is_guild_integration() is False in DMs.
+    owners = interaction._integration_owners
+    if discord.app_commands.AppInstallationType.GUILD in owners:
+        return None
+    if discord.app_commands.AppInstallationType.USER in owners:
+        return USER_INSTALL_FOLLOWUPS
+    return None
 
 
 def origin_of(interaction: discord.Interaction) -> access.Origin:

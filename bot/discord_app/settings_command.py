@@ -27,6 +27,8 @@ ResetWhat = Literal["this channel's prompt", "everything in this server"]
 
 # Not `guild_only`: its contexts merge with the client's, which ALLOW_DMS widens.
 @app_commands.allowed_contexts(guilds=True, dms=False, private_channels=False)
+# A person's own install manages no server: settings come with the server's install only.
+@app_commands.allowed_installs(guilds=True, users=False)
 @app_commands.default_permissions(manage_guild=True)
 class SettingsCommand(commands.GroupCog, group_name="settings"):
     """Change how I answer in this server."""

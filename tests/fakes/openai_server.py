@@ -353,6 +353,24 @@ def rate_limited(retry_after: float | None = 1.0, *, retry_after_ms: int | None 
     )
 
 
+def too_many_concurrent(limit: int, *, retry_after_ms: int = 100) -> ApiError:
+    """429 for a request beyond the concurrent requests a provider allows one key.
+
+    The wording follows providers that cap requests in progress (OpenAI caps per minute
+    instead); ``retry-after-ms`` tells the client how soon to try again.
+    """
+    return ApiError(
+        status=429,
+        message=(
+            f"Too many concurrent requests: limit {limit}. "
+            "Please try again once a request in progress has finished."
+        ),
+        type="requests",
+        code="concurrency_limit_exceeded",
+        headers={"retry-after-ms": str(retry_after_ms)},
+    )
+
+
 def insufficient_quota() -> ApiError:
     """429 for an account out of credit: retrying does not help, though the SDK still retries."""
     return ApiError(
@@ -1135,6 +1153,11 @@ class FakeOpenAI:
     get 404 ``model_not_found``); without it any model name is served. ``text_only``, if given,
     makes every model text-only: a request with image parts is refused in those words before
     the script is consulted (:class:`TextOnly` does it for one scripted request).
+
+    ``concurrency_limit``, if given, is a provider's hidden limit on chat requests in
+    progress: a valid request arriving while that many are being answered gets
+    ``concurrency_refusal`` (by default :func:`too_many_concurrent`) and takes nothing from
+    the script. Both may be changed while the server runs.
     """
 
     def __init__(
@@ -1144,6 +1167,8 @@ class FakeOpenAI:
         api_key: str | None = None,
         models: Sequence[str] | None = None,
         text_only: ImageRejection | None = None,
+        concurrency_limit: int | None = None,
+        concurrency_refusal: ApiError | RawError | None = None,
     ) -> None:
         if isinstance(default, StreamGate):
             raise TypeError("a StreamGate answers one request only; script it instead")
@@ -1151,6 +1176,10 @@ class FakeOpenAI:
         self._api_key = api_key
         self._models = tuple(models) if models is not None else None
         self.text_only = text_only
+        self.concurrency_limit = concurrency_limit
+        self.concurrency_refusal = concurrency_refusal
+        self._answering = 0
+        self._peak_answering = 0
         self._script: list[Behaviour] = []
         self._requests: list[RecordedRequest] = []
         self._gates_in_use: set[StreamGate] = set()
@@ -1196,6 +1225,16 @@ class FakeOpenAI:
     def in_flight(self) -> int:
         """Requests received and not yet ended."""
         return self._in_flight
+
+    @property
+    def answering(self) -> int:
+        """Chat requests taking their scripted behaviour now (not refused, not yet ended)."""
+        return self._answering
+
+    @property
+    def peak_answering(self) -> int:
+        """The most chat requests ever answered at once."""
+        return self._peak_answering
 
     @property
     def open_streams(self) -> int:
@@ -1392,8 +1431,19 @@ class FakeOpenAI:
         if error is not None:
             await self._send_error(request, record, error)
             return
+        limit = self.concurrency_limit
+        if limit is not None and self._answering >= limit:
+            await self._send_error(
+                request, record, self.concurrency_refusal or too_many_concurrent(limit)
+            )
+            return
         behaviour = self._script.pop(0) if self._script else self.default
-        await self._perform(_Exchange(request, record), behaviour)
+        self._answering += 1
+        self._peak_answering = max(self._peak_answering, self._answering)
+        try:
+            await self._perform(_Exchange(request, record), behaviour)
+        finally:
+            self._answering -= 1
 
     def _rejection(self, exchange: _Exchange, rejection: ImageRejection) -> ApiError | RawError:
         """The refusal of this request's images, naming the first one's part."""
@@ -1622,9 +1672,18 @@ async def start_fake_openai(
     api_key: str | None = None,
     models: Sequence[str] | None = None,
     text_only: ImageRejection | None = None,
+    concurrency_limit: int | None = None,
+    concurrency_refusal: ApiError | RawError | None = None,
 ) -> AsyncIterator[FakeOpenAI]:
     """Run a :class:`FakeOpenAI` on 127.0.0.1 for the duration of the ``async with`` block."""
-    server = FakeOpenAI(default=default, api_key=api_key, models=models, text_only=text_only)
+    server = FakeOpenAI(
+        default=default,
+        api_key=api_key,
+        models=models,
+        text_only=text_only,
+        concurrency_limit=concurrency_limit,
+        concurrency_refusal=concurrency_refusal,
+    )
     await server.start()
     try:
         yield server

@@ -8,7 +8,7 @@ from .errors import DiscordError
 from .fake import DEFAULT_TOKEN, FakeDiscord
 from .faults import Fault, Scope
 from .gateway import MESSAGE_CONTENT
-from .interactions import InteractionHandle
+from .interactions import InteractionHandle, Upload
 from .mentions import Mentions
 from .ratelimit import Limit, RateLimits
 from .redirect import point_discord_py_at, set_discord_py_urls
@@ -64,6 +64,7 @@ __all__ = [
     "RateLimits",
     "Scope",
     "SpecViolation",
+    "Upload",
     "User",
     "VisibleMessage",
     "point_discord_py_at",

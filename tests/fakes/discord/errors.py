@@ -105,6 +105,13 @@ def invalid_webhook_token() -> DiscordError:
     return DiscordError(401, 50027, "Invalid Webhook Token")
 
 
+def max_followups() -> DiscordError:
+    """A followup past the 5 an interaction of a user-installed app (not in the server) gets."""
+    return DiscordError(
+        400, 40094, "This interaction has hit the maximum number of follow up messages"
+    )
+
+
 def unknown_message() -> DiscordError:
     return DiscordError(404, 10008, "Unknown Message")
 

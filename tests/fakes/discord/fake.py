@@ -36,6 +36,7 @@ from .interactions import (
     OptionValue,
     command_data,
     component_data,
+    message_command_data,
     modal_submit_data,
 )
 from .payloads import (
@@ -54,6 +55,7 @@ from .state import (
     APPLICATION_COMMAND_AUTOCOMPLETE,
     DM,
     EVERYONE_PERMISSIONS,
+    GROUP_DM,
     MESSAGE_COMPONENT,
     MODAL_SUBMIT,
     SEND_MESSAGES,
@@ -160,6 +162,9 @@ class FakeDiscord:
         app.router.add_get("/", self.gateway.handle)
         app.router.add_route("*", API_PREFIX + "/{tail:.*}", self.rest.handle)
         app.router.add_get("/attachments/{channel_id}/{attachment_id}/{filename}", self._file)
+        app.router.add_get(
+            "/ephemeral-attachments/{application_id}/{attachment_id}/{filename}", self._upload
+        )
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         # aiohttp's default accept queue of 128 drops the SYNs of a bigger burst of new
@@ -235,6 +240,25 @@ class FakeDiscord:
     def users(self) -> list[User]:
         return list(self.world.users)
 
+    @property
+    def external_channel_id(self) -> int:
+        """A text channel in another server the people are in and the bot is not."""
+        return self.world.external_channel_id
+
+    @property
+    def group_dm_id(self) -> int:
+        """A group DM of the people, which the bot is not in."""
+        return self.world.group_dm_id
+
+    @property
+    def external_apps_public(self) -> bool:
+        """Whether the external server lets members' own apps answer in public."""
+        return self.world.external_apps_public
+
+    @external_apps_public.setter
+    def external_apps_public(self, value: bool) -> None:
+        self.world.external_apps_public = value
+
     def dm_channel_id(self, user: User | None = None) -> int:
         return self.world.dm_channel(user or self.user).id
 
@@ -248,14 +272,20 @@ class FakeDiscord:
         user: User | None = None,
         dm: bool = False,
         channel_id: int | None = None,
+        user_installed: bool = False,
     ) -> InteractionHandle:
         """``user`` runs ``/command`` (``"settings show"`` for a subcommand) in the guild's
-        channel, in ``channel_id`` (a thread, say) or in their DM with the bot.
+        channel, in ``channel_id`` (a thread, say; :attr:`external_channel_id` is in a
+        server the bot is not in) or in their DM with the bot.
 
         The command must be registered where it is used, and not hidden from ``user`` by
-        its default member permissions, as on Discord.
+        its default member permissions, as on Discord. With ``user_installed`` the person
+        has also added the app to their own account (in the external server that is the
+        only way the command is there).
         """
-        return self._command(command, options, user, dm, channel_id, focused=None)
+        return self._command(
+            command, options, user, dm, channel_id, focused=None, user_installed=user_installed
+        )
 
     def autocomplete(
         self,
@@ -265,11 +295,20 @@ class FakeDiscord:
         *,
         user: User | None = None,
         channel_id: int | None = None,
+        user_installed: bool = False,
     ) -> InteractionHandle:
         """``user`` types ``options[focused]`` (or nothing yet) into the autocomplete option
         ``focused`` of ``/command``: an APPLICATION_COMMAND_AUTOCOMPLETE interaction, which
         the bot answers with choices (:attr:`InteractionHandle.choices`)."""
-        return self._command(command, options, user, False, channel_id, focused=focused)
+        return self._command(
+            command,
+            options,
+            user,
+            False,
+            channel_id,
+            focused=focused,
+            user_installed=user_installed,
+        )
 
     def _command(
         self,
@@ -280,15 +319,52 @@ class FakeDiscord:
         channel_id: int | None,
         *,
         focused: str | None,
+        user_installed: bool,
     ) -> InteractionHandle:
         world = self.world
         person = user or world.user
         where = channel_id or world.channel_id
         channel = world.dm_channel(person) if dm else world.channel(where)
-        data = command_data(world, channel, command, options or {}, user=person, focused=focused)
+        own = (
+            user_installed
+            or channel.guild_id == world.external_guild_id
+            or channel.type == GROUP_DM
+        )
+        data = command_data(
+            world,
+            channel,
+            command,
+            options or {},
+            user=person,
+            focused=focused,
+            user_installed=own,
+        )
         kind = APPLICATION_COMMAND if focused is None else APPLICATION_COMMAND_AUTOCOMPLETE
         interaction = world.new_interaction(
-            type=kind, channel=channel, user=person, command_name=command
+            type=kind,
+            channel=channel,
+            user=person,
+            command_name=command,
+            user_installed=own,
+        )
+        return self._dispatch(interaction.id, data)
+
+    def dispatch_message_command(
+        self, name: str, target_message_id: int, *, user: User | None = None
+    ) -> InteractionHandle:
+        """``user`` right-clicks message ``target_message_id`` and picks the message
+        command ``name`` under Apps: the message arrives resolved in the interaction."""
+        world = self.world
+        person = user or world.user
+        target = world.messages.get(target_message_id)
+        if target is None:
+            raise LookupError(f"message {target_message_id} does not exist")
+        channel = world.channels[target.channel_id]
+        if target.visible_to not in (None, person.id):
+            raise LookupError(f"{person.username} cannot see message {target_message_id}")
+        data = message_command_data(world, channel, name, target_message_id)
+        interaction = world.new_interaction(
+            type=APPLICATION_COMMAND, channel=channel, user=person, command_name=name
         )
         return self._dispatch(interaction.id, data)
 
@@ -592,6 +668,11 @@ class FakeDiscord:
         return sum(1 for call in self.rest.calls if call.status == 429)
 
     @property
+    def downloads(self) -> list[int]:
+        """Ids of the attachments fetched from the local CDN (message files and uploads)."""
+        return list(self.world.downloads)
+
+    @property
     def spec_checked(self) -> bool:
         """Whether bodies are being checked against the OpenAPI description."""
         return self.spec is not None
@@ -659,6 +740,8 @@ class FakeDiscord:
     def _publish_message(self, event: str, message: Message) -> None:
         world = self.world
         channel = world.channels[message.channel_id]
+        if channel.guild_id not in (None, world.guild_id) or channel.type == GROUP_DM:
+            return  # the bot gets no events of a server or group DM it is not in
         if event == "MESSAGE_DELETE":
             data: dict[str, object] = {"id": str(message.id), "channel_id": str(channel.id)}
             if channel.guild_id is not None:
@@ -674,6 +757,8 @@ class FakeDiscord:
 
     def _publish_typing(self, channel: Channel, user: User) -> None:
         world = self.world
+        if channel.guild_id not in (None, world.guild_id) or channel.type == GROUP_DM:
+            return
         data: dict[str, object] = {
             "channel_id": str(channel.id),
             "user_id": str(user.id),
@@ -692,6 +777,19 @@ class FakeDiscord:
         for message in self.world.messages.values():
             for attachment in message.attachments:
                 if attachment.id == attachment_id and not message.deleted:
-                    kind = attachment.content_type or "application/octet-stream"
-                    return web.Response(body=attachment.data, headers={"Content-Type": kind})
+                    return self._serve(attachment)
         raise web.HTTPNotFound()
+
+    async def _upload(self, request: web.Request) -> web.Response:
+        attachment = self.world.uploads.get(int(request.match_info["attachment_id"]))
+        if attachment is None or request.match_info["application_id"] != str(
+            self.world.application_id
+        ):
+            raise web.HTTPNotFound()
+        return self._serve(attachment)
+
+    def _serve(self, attachment: Attachment) -> web.Response:
+        self.world.downloads.append(attachment.id)
+        self.world.changes.notify()
+        kind = attachment.content_type or "application/octet-stream"
+        return web.Response(body=attachment.data, headers={"Content-Type": kind})

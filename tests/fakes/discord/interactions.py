@@ -10,14 +10,20 @@ rather than sending the bot something Discord never would.
 
 from __future__ import annotations
 
+import mimetypes
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from . import rules
 from .errors import JsonObject
+from .payloads import message_payload, upload_payload
 from .state import (
     ADMINISTRATOR,
+    ATTACHMENT_SIZE_LIMIT,
     DM,
+    GROUP_DM,
+    Attachment,
     Channel,
     Interaction,
     User,
@@ -25,9 +31,21 @@ from .state import (
     World,
 )
 
-OptionValue = str | int | float | bool
 
-_SUB_COMMAND, _STRING, _INTEGER, _BOOLEAN, _NUMBER = 1, 3, 4, 5, 10
+@dataclass(frozen=True)
+class Upload:
+    """A file a person picks for an attachment option; ``content_type`` is what Discord's
+    client guesses from the name unless given."""
+
+    filename: str
+    data: bytes
+    content_type: str | None = None
+
+
+OptionValue = str | int | float | bool | Upload
+
+_CHAT_INPUT, _MESSAGE_COMMAND = 1, 3
+_SUB_COMMAND, _STRING, _INTEGER, _BOOLEAN, _NUMBER, _ATTACHMENT = 1, 3, 4, 5, 10, 11
 _BUTTON = 2
 _LINK_STYLE = 5
 
@@ -40,23 +58,27 @@ def command_data(
     *,
     user: User | None = None,
     focused: str | None = None,
+    user_installed: bool = False,
 ) -> JsonObject:
     """The ``data`` of an APPLICATION_COMMAND interaction for ``/name`` with ``options``
     (``name`` may name a subcommand: ``"settings show"``), or with ``focused`` that of an
     APPLICATION_COMMAND_AUTOCOMPLETE while the person types into that option.
 
-    Raises ``LookupError`` when no such command is registered where ``channel`` is, or
-    ``user`` lacks its default member permissions there (Discord hides it, unless the
-    server's admins allowed it for everyone: ``World.commands_allowed``), and ``ValueError``
-    for options Discord's client would not let a person submit.
+    Raises ``LookupError`` when no such command is registered where ``channel`` is (for
+    the person's own install when ``user_installed``: global commands for that
+    integration type only), or ``user`` lacks its default member permissions there
+    (Discord hides it, unless the server's admins allowed it for everyone:
+    ``World.commands_allowed``), and ``ValueError`` for options Discord's client would not
+    let a person submit. Uploaded files arrive in ``resolved.attachments``.
     """
     top, _, sub = name.partition(" ")
-    command, guild_id = _find_command(world, channel, top)
-    if user is not None and not _may_see(world, command, channel, user):
+    command, guild_id = _find_command(world, channel, top, user_installed=user_installed)
+    if user is not None and not user_installed and not _may_see(world, command, channel, user):
         raise LookupError(f"/{top} is hidden from {user.username} (default member permissions)")
     data: JsonObject = {"id": command["id"], "name": top, "type": 1}
     if guild_id is not None:
         data["guild_id"] = str(guild_id)
+    resolved: dict[str, JsonObject] = {}
     if sub:
         subcommands = {
             option["name"]: option
@@ -65,12 +87,14 @@ def command_data(
         }
         if sub not in subcommands:
             raise LookupError(f"/{top} has no subcommand {sub!r}")
-        sent = _options(name, subcommands[sub], options, focused)
+        sent = _options(world, name, subcommands[sub], options, focused, resolved)
         data["options"] = [{"name": sub, "type": _SUB_COMMAND, "options": sent}]
-        return data
-    sent = _options(name, command, options, focused)
-    if sent:
-        data["options"] = sent
+    else:
+        sent = _options(world, name, command, options, focused, resolved)
+        if sent:
+            data["options"] = sent
+    if resolved:
+        data["resolved"] = {"attachments": resolved}
     return data
 
 
@@ -84,8 +108,14 @@ def _may_see(world: World, command: JsonObject, channel: Channel, user: User) ->
 
 
 def _options(
-    name: str, command: JsonObject, options: Mapping[str, OptionValue], focused: str | None
+    world: World,
+    name: str,
+    command: JsonObject,
+    options: Mapping[str, OptionValue],
+    focused: str | None,
+    resolved: dict[str, JsonObject],
 ) -> list[JsonObject]:
+    """The options sent for ``command``; uploads are added to ``resolved``."""
     declared = {option["name"]: option for option in command.get("options") or []}
     if focused is not None:
         option = declared.get(focused)
@@ -108,32 +138,94 @@ def _options(
             continue
         value = options[option_name]
         _check_value(name, option, value)
+        if isinstance(value, Upload):
+            # The option's value is the attachment's id; the file itself is resolved.
+            attachment = _upload(world, value)
+            resolved[str(attachment.id)] = upload_payload(world, attachment)
+            value = str(attachment.id)
         sent.append({"name": option_name, "type": option["type"], "value": value})
     return sent
 
 
-def _find_command(world: World, channel: Channel, name: str) -> tuple[JsonObject, int | None]:
+def _upload(world: World, upload: Upload) -> Attachment:
+    if len(upload.data) > ATTACHMENT_SIZE_LIMIT:
+        raise ValueError(f"Discord's client uploads at most {ATTACHMENT_SIZE_LIMIT} bytes")
+    attachment = Attachment(
+        id=world.snowflakes.next(),
+        filename=upload.filename,
+        data=upload.data,
+        content_type=upload.content_type or mimetypes.guess_type(upload.filename)[0],
+    )
+    world.uploads[attachment.id] = attachment
+    return attachment
+
+
+def message_command_data(world: World, channel: Channel, name: str, target_id: int) -> JsonObject:
+    """The ``data`` of an APPLICATION_COMMAND interaction for the message command ``name``
+    run on message ``target_id``: ``type`` 3, ``target_id``, and the message itself in
+    ``resolved.messages``, with its content (a message command needs no intent to read it).
+
+    Raises ``LookupError`` when no such command is registered where ``channel`` is, or the
+    message is not one the person could right-click there.
+    """
+    command, guild_id = _find_command(world, channel, name, kind=_MESSAGE_COMMAND)
+    target = world.messages.get(target_id)
+    if target is None or target.deleted or target.channel_id != channel.id:
+        raise LookupError(f"message {target_id} is not in channel {channel.id}")
+    if target.loading:
+        raise LookupError(f"message {target_id} is still loading")
+    data: JsonObject = {
+        "id": command["id"],
+        "name": name,
+        "type": _MESSAGE_COMMAND,
+        "target_id": str(target_id),
+        "resolved": {"messages": {str(target_id): message_payload(world, target)}},
+    }
+    if guild_id is not None:
+        data["guild_id"] = str(guild_id)
+    return data
+
+
+def _find_command(
+    world: World,
+    channel: Channel,
+    name: str,
+    *,
+    kind: int = _CHAT_INPUT,
+    user_installed: bool = False,
+) -> tuple[JsonObject, int | None]:
     scopes: list[int | None] = [None]
-    if channel.guild_id is not None:
+    if channel.guild_id is not None and not user_installed:
+        # Guild commands exist only through the server's install.
         scopes.insert(0, channel.guild_id)
+    install = 1 if user_installed else 0
     for scope in scopes:
         for command in world.commands.get(scope, []):
-            if command["name"] != name or command["type"] != 1:
+            if command["name"] != name or (command.get("type") or _CHAT_INPUT) != kind:
+                continue
+            if install not in (command.get("integration_types") or [0]):
                 continue
             contexts = command.get("contexts")
-            context = 1 if channel.type == DM else 0
+            context = {DM: 1, GROUP_DM: 2}.get(channel.type, 0)
             if contexts is not None and context not in contexts:
                 continue
             if contexts is None and context == 1 and not command.get("dm_permission", True):
                 continue
             return command, scope
-    where = "in DMs" if channel.type == DM else "in the guild"
-    raise LookupError(f"no command /{name} is registered for use {where}")
+    where = "in DMs" if channel.type in (DM, GROUP_DM) else "in the guild"
+    via = " through a user install" if user_installed else ""
+    raise LookupError(f"no command /{name} is registered for use {where}{via}")
 
 
 def _check_value(command: str, option: JsonObject, value: Any) -> None:
     kind = option["type"]
     label = f"/{command} {option['name']}"
+    if kind == _ATTACHMENT:
+        if not isinstance(value, Upload):
+            raise ValueError(f"{label} takes a file (an Upload)")
+        return
+    if isinstance(value, Upload):
+        raise ValueError(f"{label} takes no file")
     if kind == _STRING:
         if not isinstance(value, str):
             raise ValueError(f"{label} takes text")

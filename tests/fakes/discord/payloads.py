@@ -13,6 +13,7 @@ from .state import (
     APPLICATION_COMMAND,
     ATTACHMENT_SIZE_LIMIT,
     DM,
+    GROUP_DM,
     MODAL_SUBMIT,
     REPLY,
     Attachment,
@@ -116,6 +117,17 @@ def channel_payload(world: World, channel: Channel) -> JsonObject:
             "flags": 0,
             "recipients": [user_payload(recipient)],
         }
+    if channel.type == GROUP_DM:
+        return {
+            "id": str(channel.id),
+            "type": GROUP_DM,
+            "name": channel.name,
+            "icon": None,
+            "owner_id": str(channel.owner_id),
+            "last_message_id": _last_message_id(world, channel),
+            "flags": 0,
+            "recipients": [user_payload(user) for user in world.users],
+        }
     if channel.is_thread:
         return thread_payload(world, channel)
     return {
@@ -177,7 +189,7 @@ def _last_message_id(world: World, channel: Channel) -> str | None:
 
 def guild_create_payload(world: World, *, members: list[Member]) -> JsonObject:
     """GUILD_CREATE for the fake guild with ``members`` (Discord sends only some)."""
-    in_guild = [c for c in world.channels.values() if c.guild_id is not None]
+    in_guild = [c for c in world.channels.values() if c.guild_id == world.guild_id]
     channels = [channel_payload(world, c) for c in in_guild if not c.is_thread]
     threads = [channel_payload(world, c) for c in in_guild if c.is_thread]
     for channel in channels:
@@ -293,6 +305,26 @@ def attachment_payload(world: World, message: Message, attachment: Attachment) -
     return payload
 
 
+def upload_payload(world: World, attachment: Attachment) -> JsonObject:
+    """A file attached to a command option, as ``data.resolved.attachments`` carries it:
+    an ephemeral attachment on the CDN, under the application's id."""
+    url = (
+        f"{world.cdn_base}/ephemeral-attachments/{world.application_id}/"
+        f"{attachment.id}/{attachment.filename}"
+    )
+    payload: JsonObject = {
+        "id": str(attachment.id),
+        "filename": attachment.filename,
+        "size": len(attachment.data),
+        "url": url,
+        "proxy_url": url,
+        "ephemeral": True,
+    }
+    if attachment.content_type is not None:
+        payload["content_type"] = attachment.content_type
+    return payload
+
+
 def interaction_metadata_payload(
     world: World, interaction: Interaction, message: Message | None
 ) -> JsonObject:
@@ -322,8 +354,14 @@ def interaction_metadata_payload(
 
 
 def integration_owners(interaction: Interaction) -> dict[str, str]:
-    """Guild install: the guild's id, or "0" when used in a DM with the bot."""
-    return {"0": str(interaction.guild_id or 0)}
+    """By install: "0" the guild's id (or "0" when used in a DM with the bot) for the
+    server's install, "1" the person's id for their own install."""
+    owners: dict[str, str] = {}
+    if interaction.guild_installed:
+        owners["0"] = str(interaction.guild_id or 0)
+    if interaction.user_installed:
+        owners["1"] = str(interaction.user.id)
+    return owners
 
 
 def readable_without_intent(world: World, message: Message) -> bool:
@@ -472,7 +510,8 @@ def interaction_channel_payload(world: World, interaction: Interaction) -> JsonO
 
 
 def interaction_payload(world: World, interaction: Interaction, data: JsonObject) -> JsonObject:
-    """INTERACTION_CREATE as a guild-installed bot receives it."""
+    """INTERACTION_CREATE as the app receives it: through the server's install, or a
+    person's own (in the external server, where the bot is no member)."""
     payload: JsonObject = {
         "id": str(interaction.id),
         "application_id": str(world.application_id),
@@ -491,6 +530,8 @@ def interaction_payload(world: World, interaction: Interaction, data: JsonObject
     }
     if interaction.guild_id is not None:
         member = world.members[interaction.user.id]
+        if interaction.guild_id != world.guild_id:
+            member = Member(member.user, [], member.joined_at)  # no roles out there
         payload["guild_id"] = str(interaction.guild_id)
         payload["guild"] = {"id": str(interaction.guild_id), "locale": "en-US", "features": []}
         payload["guild_locale"] = "en-US"
@@ -503,7 +544,7 @@ def interaction_payload(world: World, interaction: Interaction, data: JsonObject
         payload["context"] = 0
     else:
         payload["user"] = user_payload(interaction.user)
-        payload["context"] = 1
+        payload["context"] = 2 if world.channels[interaction.channel_id].type == GROUP_DM else 1
     if interaction.source_message_id is not None:
         source = world.messages[interaction.source_message_id]
         payload["message"] = message_payload(world, source)
@@ -511,7 +552,8 @@ def interaction_payload(world: World, interaction: Interaction, data: JsonObject
 
 
 def _app_permissions(world: World, interaction: Interaction) -> int:
-    if interaction.guild_id is None:
-        # In a DM the bot can do what any DM participant can.
+    if interaction.guild_id is None or interaction.guild_id != world.guild_id:
+        # In a DM, or in a server it is not in through someone's own install, the app
+        # can do what @everyone can.
         return world.roles[0].permissions
     return world.permissions_in(world.bot.id, world.channels[interaction.channel_id])

@@ -69,6 +69,8 @@ API_PREFIX = "/api/v10"
 # Route templates, as Call.route names them and fault injection takes them.
 CALLBACK = "/interactions/{interaction_id}/{interaction_token}/callback"
 FOLLOWUP = "/webhooks/{webhook_id}/{webhook_token}"
+# Followups an interaction gets when it came through a person's own install alone.
+USER_INSTALL_FOLLOWUPS = 5
 WEBHOOK_ORIGINAL = "/webhooks/{webhook_id}/{webhook_token}/messages/@original"
 WEBHOOK_MESSAGE = "/webhooks/{webhook_id}/{webhook_token}/messages/{message_id}"
 # Every message an interaction token reaches: its original response and its followups.
@@ -489,7 +491,7 @@ class Rest:
         if self._spec is None or body is None or not self._spec.knows(route.method, route.template):
             return
         self.spec_violations.extend(
-            self._spec.request_violations(route.method, route.template, body)
+            self._spec.request_violations(route.method, route.template, _as_described(body))
         )
 
     def _check_response(self, route: _Route, status: int, response: Any) -> None:
@@ -627,6 +629,7 @@ class Rest:
         self, interaction: Interaction, kind: int, data: JsonObject, files: list[Attachment]
     ) -> Message | None:
         world = self._world
+        forced = rules.EPHEMERAL if world.forced_ephemeral(interaction) else 0
         if kind == CHANNEL_MESSAGE_WITH_SOURCE:
             message = world.create_message(
                 interaction.channel_id,
@@ -636,13 +639,13 @@ class Rest:
                 type=world.response_type(interaction),
                 webhook_id=world.application_id,
                 interaction=interaction,
-                flags=rules.flags_of(data) & rules.SENDABLE_FLAGS,
+                flags=(rules.flags_of(data) & rules.SENDABLE_FLAGS) | forced,
             )
             interaction.original_id = message.id
             interaction.message_ids.append(message.id)
             return message
         if kind == DEFERRED_CHANNEL_MESSAGE:
-            ephemeral = bool(rules.flags_of(data) & rules.EPHEMERAL)
+            ephemeral = bool((rules.flags_of(data) | forced) & rules.EPHEMERAL)
             message = world.create_loading_message(interaction, ephemeral=ephemeral)
             interaction.original_id = message.id
             interaction.message_ids.append(message.id)
@@ -688,6 +691,12 @@ class Rest:
         world = self._world
         interaction = self._webhook_interaction(incoming.params)
         body = _object(incoming.body)
+        if interaction.only_user_installed:
+            # Counted for every followup, the one that fills a deferred placeholder too.
+            if interaction.followups >= USER_INSTALL_FOLLOWUPS:
+                raise errors.max_followups()
+            interaction.followups += 1
+        forced = rules.EPHEMERAL if world.forced_ephemeral(interaction) else 0
         original = world.messages.get(interaction.original_id or 0)
         if original is not None and original.loading and not original.deleted:
             # The first followup after a defer is the answer: it fills the placeholder, and
@@ -703,7 +712,7 @@ class Rest:
                 type=world.response_type(interaction),
                 webhook_id=world.application_id,
                 interaction=interaction,
-                flags=rules.flags_of(body) & rules.SENDABLE_FLAGS,
+                flags=(rules.flags_of(body) & rules.SENDABLE_FLAGS) | forced,
             )
             interaction.message_ids.append(message.id)
         return Reply(200, self._payload(message))
@@ -898,6 +907,35 @@ async def _read_body(request: web.Request) -> tuple[Any, list[Attachment]]:
         return json.loads(raw), []
     except ValueError:
         raise errors.invalid_json() from None
+
+
+def _as_described(body: Any) -> Any:
+    """`body` as the description spells it where Discord accepts more than it describes.
+
+    Discord takes a snowflake as a number as well as a string, and discord.py sends
+    numbers in two places the description types as strings: a new upload's
+    `attachments[].id` (the index of its `files[n]` part) and a reply's
+    `message_reference` ids. Everything else is checked as sent.
+    """
+    if not isinstance(body, dict):
+        return body
+    described = dict(body)
+    if isinstance(body.get("attachments"), list):
+        described["attachments"] = [_ids_as_strings(item, ("id",)) for item in body["attachments"]]
+    if "message_reference" in body:
+        described["message_reference"] = _ids_as_strings(
+            body["message_reference"], ("message_id", "channel_id", "guild_id")
+        )
+    return described
+
+
+def _ids_as_strings(item: Any, keys: tuple[str, ...]) -> Any:
+    if not isinstance(item, dict):
+        return item
+    return {
+        key: str(value) if key in keys and isinstance(value, int) else value
+        for key, value in item.items()
+    }
 
 
 async def _read_multipart(request: web.Request) -> tuple[Any, list[Attachment]]:

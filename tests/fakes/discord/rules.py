@@ -331,7 +331,10 @@ def check_commands(commands: Any) -> None:
             errors.add([index, "type"], "BASE_TYPE_CHOICES", "Value must be one of {1, 2, 3, 4}.")
             continue
         name = command.get("name")
-        _check_name(errors, [index, "name"], name, lowercase=kind == 1)
+        if kind in (2, 3):
+            _check_menu_name(errors, [index, "name"], name)
+        else:
+            _check_name(errors, [index, "name"], name, lowercase=kind == 1)
         if (kind, str(name)) in seen:
             errors.add(
                 [index, "name"],
@@ -342,7 +345,33 @@ def check_commands(commands: Any) -> None:
         if kind == 1:
             _check_description(errors, [index, "description"], command.get("description"))
             _check_options(errors, [index, "options"], command.get("options") or [])
+        for key, allowed in _INSTALL_FIELDS.items():
+            _check_install_field(errors, [index, key], command.get(key), allowed)
     errors.raise_if_any()
+
+
+# Where a command may be installed (GUILD_INSTALL, USER_INSTALL) and used (GUILD, BOT_DM,
+# PRIVATE_CHANNEL): non-empty sets of these values, or null for the default.
+_INSTALL_FIELDS: dict[str, frozenset[int]] = {
+    "integration_types": frozenset({0, 1}),
+    "contexts": frozenset({0, 1, 2}),
+}
+
+
+def _check_install_field(
+    errors: FormErrors, path: list[str | int], values: Any, allowed: frozenset[int]
+) -> None:
+    if values is None:
+        return
+    if not isinstance(values, list) or not values:
+        errors.add(path, "BASE_TYPE_MIN_LENGTH", "Must be 1 or more in length.")
+        return
+    for position, value in enumerate(values):
+        if isinstance(value, bool) or value not in allowed:
+            choices = ", ".join(str(choice) for choice in sorted(allowed))
+            errors.add([*path, position], "ENUM_TYPE_COERCE", f"Value must be one of ({choices}).")
+    if len({str(value) for value in values}) != len(values):
+        errors.add(path, "UNIQUE", "Values must be unique.")
 
 
 def _check_name(errors: FormErrors, path: list[str | int], name: Any, *, lowercase: bool) -> None:
@@ -351,6 +380,13 @@ def _check_name(errors: FormErrors, path: list[str | int], name: Any, *, lowerca
         or _COMMAND_NAME.match(name) is None
         or (lowercase and name != name.lower())
     ):
+        errors.add(path, "APPLICATION_COMMAND_INVALID_NAME", "Command name is invalid")
+
+
+def _check_menu_name(errors: FormErrors, path: list[str | int], name: Any) -> None:
+    """A user or message command's name: what the context menu shows, so any case and
+    spaces are allowed, 1 to 32 characters."""
+    if not isinstance(name, str) or not 1 <= len(name) <= 32 or not name.strip():
         errors.add(path, "APPLICATION_COMMAND_INVALID_NAME", "Command name is invalid")
 
 

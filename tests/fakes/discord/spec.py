@@ -93,6 +93,12 @@ class OpenApiSpec:
         validator = self._validator((*pointer, "application/json", "schema"))
         return self._violations("response", method, route, validator, body)
 
+    def schema_violations(self, schema: str, body: Any) -> list[SpecViolation]:
+        """How ``body`` fails the component schema ``schema`` (e.g. ``AttachmentResponse``),
+        for what the fake sends rather than receives."""
+        validator = self._validator(("components", "schemas", schema))
+        return self._violations("payload", "-", schema, validator, body)
+
     def _validator(self, pointer: tuple[str, ...]) -> Draft202012Validator:
         fragment = "/".join(part.replace("~", "~0").replace("/", "~1") for part in pointer)
         cached = self._validators.get(fragment)

@@ -32,6 +32,7 @@ READ_MESSAGE_HISTORY = 1 << 16
 MENTION_EVERYONE = 1 << 17
 USE_EXTERNAL_EMOJIS = 1 << 18
 USE_APPLICATION_COMMANDS = 1 << 31
+USE_EXTERNAL_APPS = 1 << 50
 SEND_MESSAGES_IN_THREADS = 1 << 38
 ALL_PERMISSIONS = (1 << 51) - 1
 EVERYONE_PERMISSIONS = (
@@ -59,6 +60,7 @@ MODAL_SUBMIT = 5
 
 GUILD_TEXT = 0
 DM = 1
+GROUP_DM = 3
 PUBLIC_THREAD = 11
 
 # Permission overwrite targets.
@@ -199,6 +201,16 @@ class Interaction:
     choices: list[JsonObject] | None = None
     # For a modal submit: the interaction whose modal was submitted.
     opened_by: int | None = None
+    # Its authorizing integration owners: the server's install, the person's own, or both.
+    guild_installed: bool = True
+    user_installed: bool = False
+    # Followup messages created through its token (capped for a user install alone).
+    followups: int = 0
+
+    @property
+    def only_user_installed(self) -> bool:
+        """Used through the person's own install of an app the server does not have."""
+        return self.user_installed and not self.guild_installed
 
 
 @dataclass(frozen=True)
@@ -282,11 +294,29 @@ class World:
             self.members[user.id] = Member(user, [self.roles[2].id], self.created_at)
         self.messages: dict[int, Message] = {}
         self.interactions: dict[int, Interaction] = {}
+        # Files people attached to command options (Discord's ephemeral attachments).
+        self.uploads: dict[int, Attachment] = {}
+        # Ids of the attachments downloaded from the local CDN, in order.
+        self.downloads: list[int] = []
         self.commands: dict[int | None, list[JsonObject]] = {None: []}
         # Commands the server's admins allowed for everyone (Server Settings > Integrations),
         # whatever their default member permissions.
         self.commands_allowed: set[str] = set()
         self.command_syncs: list[CommandSync] = []
+        # Another server the people are in but the bot is not, with one text channel:
+        # only a person's own install of the app reaches it.
+        self.external_guild_id = self.snowflakes.next()
+        self.external_channel_id = self.snowflakes.next()
+        self.channels[self.external_channel_id] = Channel(
+            self.external_channel_id, GUILD_TEXT, "elsewhere", self.external_guild_id
+        )
+        # Whether that server lets members' apps answer in public (USE_EXTERNAL_APPS).
+        self.external_apps_public = False
+        # A group DM of the people, without the bot: again only their own installs.
+        self.group_dm_id = self.snowflakes.next()
+        self.channels[self.group_dm_id] = Channel(
+            self.group_dm_id, GROUP_DM, "friends", None, owner_id=self.users[0].id
+        )
 
     # People and places
 
@@ -330,7 +360,13 @@ class World:
     def permissions_in(self, user_id: int, channel: Channel) -> int:
         """What ``user_id`` may do in a guild ``channel``, by Discord's order: roles, then
         the channel's @everyone overwrite, its role overwrites together, its member
-        overwrite. A thread uses its parent's; without VIEW_CHANNEL nothing is allowed."""
+        overwrite. A thread uses its parent's; without VIEW_CHANNEL nothing is allowed.
+        In the external server the bot is no member, and people have @everyone's."""
+        if channel.guild_id == self.external_guild_id or channel.type == GROUP_DM:
+            if user_id == self.bot.id:
+                return 0
+            external = USE_EXTERNAL_APPS if self.external_apps_public else 0
+            return self.roles[0].permissions | external
         base = self.permissions_of(user_id)
         if base & ADMINISTRATOR:
             return ALL_PERMISSIONS
@@ -611,7 +647,12 @@ class World:
         custom_id: str | None = None,
         source_message_id: int | None = None,
         opened_by: int | None = None,
+        user_installed: bool = False,
     ) -> Interaction:
+        """A new interaction; in the external server only the person's own install can
+        have made it, elsewhere the server's (or, in a DM, the app's) install, and the
+        person's too when `user_installed`."""
+        external = channel.guild_id == self.external_guild_id or channel.type == GROUP_DM
         interaction = Interaction(
             id=self.snowflakes.next(),
             token=f"aW50ZXJhY3Rpb246{secrets.token_urlsafe(96)}",
@@ -624,9 +665,20 @@ class World:
             custom_id=custom_id,
             source_message_id=source_message_id,
             opened_by=opened_by,
+            guild_installed=not external,
+            user_installed=user_installed or external,
         )
         self.interactions[interaction.id] = interaction
         return interaction
+
+    def forced_ephemeral(self, interaction: Interaction) -> bool:
+        """Whether Discord makes every response of `interaction` visible to its user alone:
+        a user-installed app the server lacks, where members may not use external apps
+        in public."""
+        if not interaction.only_user_installed or interaction.guild_id is None:
+            return False
+        channel = self.channels[interaction.channel_id]
+        return not self.permissions_in(interaction.user.id, channel) & USE_EXTERNAL_APPS
 
     def interaction_by_token(self, token: str) -> Interaction | None:
         for interaction in self.interactions.values():
