@@ -8,11 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from bot.answers.answering import Question
 from bot.config import ConfigError, ModelLimits, load_settings
 from bot.conversation.context import context_budget
 from bot.conversation.settings import ServerSettings, effective_prompt
 from bot.discord_app.ask import matching
 from bot.model import llm
+from bot.model.vision import Image, user_message
 from bot.store.sqlite import SqliteDatabase, SqliteSettingsStore
 from tests.fakes.openai_server import FakeOpenAI, Reply
 
@@ -214,3 +216,15 @@ def test_vision_can_differ_by_model() -> None:
     assert completer.sees_images is True, "judged by its name"
     assert completer.sees_images_of("llama3.2") is False
     assert completer.sees_images_of("llava") is True
+
+
+def test_a_question_asked_again_without_its_images_keeps_the_chosen_model() -> None:
+    # A model that cannot see images is asked the text alone: by the model the asker chose.
+    picture = Image(b"\x89PNG\r\n\x1a\n", "image/png")
+    question = Question([user_message("What is this?", [picture])], model="gpt-4o")
+
+    text_only = question.without_images()
+
+    assert question.has_images
+    assert not text_only.has_images
+    assert text_only.model == "gpt-4o"
