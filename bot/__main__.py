@@ -38,6 +38,7 @@ from bot import logs
 from bot.config import ConfigError, Settings, load_settings
 from bot.conversation.retention import keep_pruned as keep_conversations_pruned
 from bot.conversation.retention import retention
+from bot.conversation.settings import ServerSettings
 from bot.conversation.tokens import EstimateCounter, open_counter
 from bot.conversation.turns import ConversationStore, NewTurn, Turn, TurnId
 from bot.discord_app.client import AskBot
@@ -57,7 +58,12 @@ from bot.fair_use.limits import AskGate, Cooldown, InFlight, PerUserCap
 from bot.metrics import Metrics
 from bot.model.llm import Completer, make_client, open_completer
 from bot.model.local_model import LocalModelError
-from bot.store.sqlite import SqliteConversationStore, SqliteDatabase, SqliteUsageStore
+from bot.store.sqlite import (
+    SqliteConversationStore,
+    SqliteDatabase,
+    SqliteSettingsStore,
+    SqliteUsageStore,
+)
 from bot.terminal import Terminal
 
 log = logging.getLogger("bot")
@@ -148,7 +154,14 @@ async def run_bot(settings: Settings, stop: asyncio.Event | None = None) -> int:
         ) as completer,
         open_counter(settings, local_base_url=completer.base_url) as counter,
         open_conversations(settings, database) as conversations,
-        AskBot(settings, completer, fair_use, conversations, counter) as bot,
+        AskBot(
+            settings,
+            completer,
+            fair_use,
+            conversations,
+            counter,
+            settings_store=SqliteSettingsStore(database),
+        ) as bot,
     ):
         _fail_fast_on_first_gateway_connect(bot)
         runner = asyncio.create_task(bot.start(settings.discord_token.reveal()))
@@ -318,6 +331,7 @@ async def sync_commands(settings: Settings) -> int:
             fair_use,
             _NoConversationStore(),
             EstimateCounter(),
+            settings_store=_NoSettingsStore(),
             sync_on_start=False,
         ) as bot:
             try:
@@ -448,6 +462,24 @@ class _NoConversationStore:
 
     async def close(self) -> None:
         return None
+
+
+class _NoSettingsStore:
+    """The settings store of a process that answers no asks (`sync`): never used."""
+
+    async def server(self, guild_id: int) -> ServerSettings:
+        return ServerSettings()
+
+    async def set_model(self, guild_id: int, model: str | None, *, by: int) -> None:
+        raise RuntimeError("this process answers no commands and stores no settings")
+
+    async def set_prompt(
+        self, guild_id: int, channel_id: int | None, prompt: str | None, *, by: int
+    ) -> None:
+        raise RuntimeError("this process answers no commands and stores no settings")
+
+    async def reset(self, guild_id: int, *, by: int) -> int:
+        raise RuntimeError("this process answers no commands and stores no settings")
 
 
 def _fair_use_for_sync(settings: Settings) -> FairUse:

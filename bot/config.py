@@ -8,11 +8,12 @@ Secrets are wrapped in `Secret`, whose `repr` and `str` never show the value.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from bot.fair_use.concurrency import INITIAL_LIMIT
 from bot.fair_use.limits import CooldownSpec, parse_cooldown
@@ -28,6 +29,16 @@ T = TypeVar("T")
 
 ShowReasoning = Literal["false", "file"]
 """What to do with a reasoning model's thoughts: nothing, or attach them as `reasoning.md`."""
+
+
+@dataclass(frozen=True)
+class ModelLimits:
+    """What differs from one offered model to another, from MODELS_FILE; `None`: the default
+    (CONTEXT_TOKENS or the known window, MAX_OUTPUT_TOKENS, VISION)."""
+
+    context_tokens: int | None = None
+    max_output_tokens: int | None = None
+    vision: bool | None = None
 
 
 class ConfigError(Exception):
@@ -63,6 +74,11 @@ class Settings:
     openai_api_key: Secret | None
     openai_base_url: str | None
     openai_model: str = DEFAULT_MODEL
+    """The default model: the first of `openai_models`."""
+    openai_models: tuple[str, ...] = (DEFAULT_MODEL,)
+    """The models members may choose from (OPENAI_MODELS, or OPENAI_MODEL alone)."""
+    model_limits: Mapping[str, ModelLimits] = field(default_factory=dict)
+    """Per-model limits read from MODELS_FILE, by model name."""
     openai_timeout: float = 60.0
     openai_max_retries: int = 2
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
@@ -128,6 +144,8 @@ def load_settings(env: Mapping[str, str], *, require_discord: bool = True) -> Se
             f"OPENAI_BASE_URL must start with http:// or https:// (got {base_url!r})."
         )
 
+    models = _models(reader)
+    limits = _models_file(reader)
     pinned_concurrency = reader.parse(
         "MAX_CONCURRENT_ASKS",
         _positive_int,
@@ -139,7 +157,9 @@ def load_settings(env: Mapping[str, str], *, require_discord: bool = True) -> Se
         discord_token=token,
         openai_api_key=api_key,
         openai_base_url=base_url,
-        openai_model=reader.text("OPENAI_MODEL") or DEFAULT_MODEL,
+        openai_model=models[0],
+        openai_models=models,
+        model_limits=limits,
         openai_timeout=reader.parse(
             "OPENAI_TIMEOUT", _positive_float, 60.0, "a number of seconds > 0"
         ),
@@ -216,6 +236,92 @@ def load_settings(env: Mapping[str, str], *, require_discord: bool = True) -> Se
     if reader.problems:
         raise ConfigError(reader.problems)
     return settings
+
+
+MAX_MODEL_NAME = 100
+"""Discord's own limit on an autocomplete choice's value."""
+
+
+def _models(reader: _Reader) -> tuple[str, ...]:
+    """OPENAI_MODELS (the first is the default), or OPENAI_MODEL alone; both must agree."""
+    single = reader.text("OPENAI_MODEL")
+    listed = reader.text("OPENAI_MODELS")
+    if listed is None:
+        return (single or DEFAULT_MODEL,)
+    names = [part.strip() for part in listed.split(",") if part.strip()]
+    unique = tuple(dict.fromkeys(names))
+    if not unique:
+        reader.problems.append("OPENAI_MODELS must name at least one model.")
+        return (single or DEFAULT_MODEL,)
+    if len(unique) != len(names):
+        reader.problems.append(f"OPENAI_MODELS names a model twice (got {listed!r}).")
+    if len(unique) > 25:
+        reader.problems.append(
+            "OPENAI_MODELS may list at most 25 models, as many as Discord offers "
+            f"(got {len(unique)})."
+        )
+    too_long = [name for name in unique if len(name) > MAX_MODEL_NAME]
+    if too_long:
+        reader.problems.append(
+            f"OPENAI_MODELS: a model name may have at most {MAX_MODEL_NAME} characters "
+            f"(got {too_long[0][:20]!r}…)."
+        )
+    if single is not None and single != unique[0]:
+        reader.problems.append(
+            f"OPENAI_MODEL ({single!r}) and OPENAI_MODELS (first {unique[0]!r}) disagree: "
+            "set only OPENAI_MODELS, whose first model is the default."
+        )
+    return unique
+
+
+_LIMIT_FIELDS = {"context_tokens", "max_output_tokens", "vision"}
+
+
+def _models_file(reader: _Reader) -> dict[str, ModelLimits]:
+    """MODELS_FILE: a JSON object of per-model limits, e.g.
+    `{"gpt-4o": {"context_tokens": 128000, "max_output_tokens": 4096, "vision": true}}`."""
+    raw = reader.text("MODELS_FILE")
+    if raw is None:
+        return {}
+    try:
+        document = json.loads(Path(raw).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        reader.problems.append(f"MODELS_FILE ({raw}) cannot be read as JSON: {error}")
+        return {}
+    if not isinstance(document, dict):
+        reader.problems.append(f"MODELS_FILE ({raw}) must hold a JSON object of models.")
+        return {}
+    limits: dict[str, ModelLimits] = {}
+    for name, entry in document.items():
+        problem = _limits_problem(entry)
+        if problem is not None:
+            reader.problems.append(f"MODELS_FILE ({raw}), model {name!r}: {problem}")
+            continue
+        assert isinstance(entry, dict)
+        limits[name] = ModelLimits(**entry)
+    for name, entry in limits.items():
+        window, cap = entry.context_tokens, entry.max_output_tokens
+        if window is not None and cap is not None and cap >= window:
+            reader.problems.append(
+                f"MODELS_FILE ({raw}), model {name!r}: max_output_tokens must be less than "
+                "context_tokens."
+            )
+    return limits
+
+
+def _limits_problem(entry: Any) -> str | None:
+    if not isinstance(entry, dict):
+        return "must be an object"
+    unknown = set(entry) - _LIMIT_FIELDS
+    if unknown:
+        return f"unknown field(s) {sorted(unknown)}; known: {sorted(_LIMIT_FIELDS)}"
+    for key in ("context_tokens", "max_output_tokens"):
+        value = entry.get(key)
+        if value is not None and (type(value) is not int or value <= 0):
+            return f"{key} must be a whole number > 0"
+    if entry.get("vision") is not None and type(entry["vision"]) is not bool:
+        return "vision must be true or false"
+    return None
 
 
 class _Reader:

@@ -283,6 +283,7 @@ async def test_by_default_the_commands_are_not_offered_in_dms(stack: Stack) -> N
         "ask",
         "usage",
         "forget",
+        "settings",
         "Ask about this",
     }
     assert all(command["contexts"] == [0] for command in registered)
@@ -296,7 +297,9 @@ async def test_with_dms_allowed_the_commands_are_offered_in_dms(
     async with run_stack(fake_discord, fake_openai, tmp_path, {"ALLOW_DMS": "true"}) as stack:
         registered = stack.discord.commands(stack.discord.guild_id)
 
-        assert all(1 in command["contexts"] for command in registered)  # type: ignore[operator]
+        contexts = {command["name"]: command["contexts"] for command in registered}
+        assert contexts.pop("settings") == [0], "a server's settings are never offered in DMs"
+        assert all(1 in offered for offered in contexts.values())  # type: ignore[operator]
 
 
 async def test_a_dm_that_reaches_the_bot_anyway_is_refused(

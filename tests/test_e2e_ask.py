@@ -106,14 +106,14 @@ async def test_startup_registers_the_commands_to_the_guild(stack: Stack) -> None
     assert identify["intents"] == discord.Intents.default().value, "no privileged intents"
     assert discord_fake.gateway.readies_sent == 1
     assert discord_fake.command_syncs == [
-        CommandSync(discord_fake.guild_id, ("ask", "usage", "forget", "Ask about this"))
+        CommandSync(discord_fake.guild_id, ("ask", "usage", "forget", "settings", "Ask about this"))
     ]
     assert discord_fake.commands() == [], "nothing is registered globally on start"
 
     commands = {
         command["name"]: command for command in discord_fake.commands(discord_fake.guild_id)
     }
-    assert set(commands) == {"ask", "usage", "forget", "Ask about this"}
+    assert set(commands) == {"ask", "usage", "forget", "settings", "Ask about this"}
     ask, usage = commands["ask"], commands["usage"]
     assert ask["description"] == "Ask the language model a question."
     assert ask["description"] == _first_docstring_line(Ask.ask.callback)
@@ -646,13 +646,17 @@ async def test_an_unexpected_error_gets_an_apology_and_a_logged_traceback(
     calls = 0
 
     def first_call_breaks(
-        self: llm.Completer, prompt: str, *, deadline: float | None = None
+        self: llm.Completer,
+        prompt: str,
+        *,
+        deadline: float | None = None,
+        model: str | None = None,
     ) -> object:
         nonlocal calls
         calls += 1
         if calls == 1:
             raise RuntimeError("the adapter broke")
-        return working(self, prompt, deadline=deadline)
+        return working(self, prompt, deadline=deadline, model=model)
 
     monkeypatch.setattr(llm.Completer, name, first_call_breaks)
     async with run_stack(fake_discord, fake_openai, tmp_path, overrides) as stack:
@@ -696,13 +700,17 @@ async def test_no_secret_or_prompt_reaches_logs_or_messages(
     calls = 0
 
     async def fifth_call_breaks(
-        self: llm.Completer, prompt: str, *, deadline: float | None = None
+        self: llm.Completer,
+        prompt: str,
+        *,
+        deadline: float | None = None,
+        model: str | None = None,
     ) -> llm.Answer:
         nonlocal calls
         calls += 1
         if calls == 5:
             raise RuntimeError("the adapter broke")
-        return await working(self, prompt, deadline=deadline)
+        return await working(self, prompt, deadline=deadline, model=model)
 
     monkeypatch.setattr(llm.Completer, "complete", fifth_call_breaks)
     async with run_stack(fake_discord, fake_openai, tmp_path, NOT_STREAMED) as stack:

@@ -100,6 +100,9 @@ async def test_commands_are_offered_to_server_and_personal_installs(
     async with installed(fake_discord, fake_openai, tmp_path, {"ALLOW_DMS": allow_dms}):
         commands = {command["name"]: command for command in fake_discord.commands(None)}
     assert commands, "no global commands were registered"
+    settings = commands.pop("settings")
+    assert settings["integration_types"] == [GUILD_INSTALL], "a server's settings need its install"
+    assert settings["contexts"] == [GUILD]
     for command in commands.values():
         assert command["integration_types"] == [GUILD_INSTALL, USER_INSTALL]
         assert command["contexts"] == contexts

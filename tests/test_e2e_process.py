@@ -155,13 +155,14 @@ async def test_sync_registers_the_commands_for_every_server_then_exits(
         "Ask about this",
         "ask",
         "forget",
+        "settings",
         "usage",
     ]
     # Without a development server, a global sync touches no server's commands, and
     # needs no gateway connection.
     assert [sync.guild_id for sync in fake_discord.command_syncs] == [None]
     assert fake_discord.gateway.readies_sent == 0
-    assert "synced 4 command(s) globally" in bot.output
+    assert "synced 5 command(s) globally" in bot.output
     assert not fake_openai.requests
 
 
@@ -399,6 +400,7 @@ async def test_sync_opens_neither_the_metrics_port_nor_the_usage_database(
         "Ask about this",
         "ask",
         "forget",
+        "settings",
         "usage",
     ]
     assert "metrics on" not in bot.output
@@ -423,6 +425,7 @@ async def test_sync_with_a_development_server_removes_its_copies_and_says_so(
         "Ask about this",
         "ask",
         "forget",
+        "settings",
         "usage",
     ]
     # Discord shows a server its own commands and the global ones: each would show twice.

@@ -794,9 +794,13 @@ async def test_the_apology_for_a_private_ask_is_private_too(
     working = llm.Completer.stream
 
     async def breaks_after_the_first_text(
-        self: llm.Completer, prompt: str, *, deadline: float | None = None
+        self: llm.Completer,
+        prompt: str,
+        *,
+        deadline: float | None = None,
+        model: str | None = None,
     ) -> AsyncGenerator[llm.Chunk, None]:
-        async for chunk in working(self, prompt, deadline=deadline):
+        async for chunk in working(self, prompt, deadline=deadline, model=model):
             yield chunk
             if chunk.text:
                 raise RuntimeError("the adapter broke")

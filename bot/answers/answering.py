@@ -63,6 +63,8 @@ class Question:
     """Known before asking: it is not asked (e.g. an attached file is unreadable); the
     outcome kind and the sentence shown instead of an answer."""
     final_view: Callable[[Progress], Awaitable[discord.ui.View | None]] | None = None
+    model: str | None = None
+    """The model to answer with; None: the completer's own."""
 
     def without_images(self) -> Question:
         """The same question with its image parts left out."""
@@ -173,7 +175,9 @@ class Answerer:
         self, question: Question, deadline: float | None, progress: Progress
     ) -> llm.Answer:
         try:
-            return await self._completer.complete(question.request, deadline=deadline)
+            return await self._completer.complete(
+                question.request, deadline=deadline, model=question.model
+            )
         except llm.ImagesNotSupported:
             if not question.has_images:
                 raise
@@ -183,7 +187,9 @@ class Answerer:
             if question.shorter is None:
                 raise
             log.info("prompt too long for the model: trying once with half the history")
-            return await self._completer.complete(question.shorter, deadline=deadline)
+            return await self._completer.complete(
+                question.shorter, deadline=deadline, model=question.model
+            )
 
     async def _answer(
         self,
@@ -282,7 +288,9 @@ class Answerer:
         while request is not None:
             current, request = request, None
             try:
-                async for chunk in self._completer.stream(current, deadline=deadline):
+                async for chunk in self._completer.stream(
+                    current, deadline=deadline, model=question.model
+                ):
                     if chunk.text_was_reasoning:
                         # The model's template opened its reasoning unseen: what looked
                         # like answer text so far was reasoning, and is no part of it

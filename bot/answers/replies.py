@@ -144,6 +144,51 @@ def forgotten(turns: int) -> str:
     return f"Done: I deleted {turns:,} {what} of yours. Conversations with them can't be continued."
 
 
+# Models and /settings.
+UNKNOWN_MODEL = "That model isn't offered here. Pick one from the list."
+SETTINGS_NOT_PERMITTED = "Only members who can manage this server can change my settings."
+SETTINGS_SERVER_ONLY = "Settings belong to a server: use /settings in one."
+SETTINGS_EMPTY_PROMPT = "A system prompt needs some text; to remove one, use /settings reset."
+
+
+def prompt_too_long_to_save(limit: int, length: int) -> str:
+    return f"That prompt has {length:,} characters; a system prompt may have at most {limit:,}."
+
+
+def setting_saved(what: str, value: str | None) -> str:
+    if value is None:
+        return f"Done: {what} is back to the bot's default."
+    return f"Done: {what} is now:\n{quoted(value)}"
+
+
+def settings_reset(count: int) -> str:
+    if count == 0:
+        return "This server had no settings of its own."
+    return f"Done: removed {count:,} setting(s); this server uses the bot's defaults again."
+
+
+PROMPT_WITH_FENCE = "A system prompt can't contain ``` (it is shown back in a code block)."
+
+
+def quoted(text: str) -> str:
+    """`text` shown exactly as saved: in a code block, which Discord renders verbatim
+    (a saved prompt never holds a fence)."""
+    return f"```\n{text}\n```"
+
+
+def effective_settings(
+    model: str, model_source: str, prompt: str, prompt_source: str, channel_prompt: bool
+) -> str:
+    lines = [
+        f"**Model:** `{model}` ({model_source})",
+        f"**System prompt here** ({prompt_source}):",
+        quoted(prompt),
+    ]
+    if not channel_prompt:
+        lines.append("-# This channel has no prompt of its own.")
+    return "\n".join(lines)
+
+
 ACCEPTED_FILES = (
     "text files (code, Markdown, CSV, JSON, logs…), PDFs and images (PNG, JPEG, WebP, GIF)"
 )

@@ -153,22 +153,29 @@ class ContextBudget:
         return self.context_tokens - self.reserved_output - self.margin
 
 
-def context_budget(settings: Settings) -> ContextBudget:
-    """The budget for the configured model.
+def context_budget(settings: Settings, model: str | None = None) -> ContextBudget:
+    """The budget for `model` (by default the configured one).
 
-    The window is CONTEXT_TOKENS, or by default the built-in model's slot or the figure
-    `bot.conversation.models` gives the model's name, raised to twice MAX_OUTPUT_TOKENS when
-    that is larger (an operator allowing such long answers has a model with room for them).
-    The answer keeps MAX_OUTPUT_TOKENS, or a typical answer's worth (at most half the window)
-    when there is no cap. A 2% margin covers what counting may miss.
+    The window is the model's `context_tokens` in MODELS_FILE, else CONTEXT_TOKENS, or by
+    default the built-in model's slot or the figure `bot.conversation.models` gives the
+    model's name, raised to twice the output cap when that is larger (an operator allowing
+    such long answers has a model with room for them). The answer keeps the output cap (the
+    model's `max_output_tokens` in MODELS_FILE, else MAX_OUTPUT_TOKENS), or a typical
+    answer's worth (at most half the window) when there is no cap. A 2% margin covers what
+    counting may miss.
     """
+    model = model or settings.openai_model
+    limits = settings.model_limits.get(model)
     cap = settings.max_output_tokens
     window = settings.context_tokens
+    if limits is not None:
+        cap = limits.max_output_tokens or cap
+        window = limits.context_tokens or window
     if window is None:
         window = (
             BUILTIN_CONTEXT_TOKENS
             if settings.uses_builtin_model
-            else model_facts(settings.openai_model).context_tokens
+            else model_facts(model).context_tokens
         )
         if cap is not None:
             window = max(window, 2 * cap)

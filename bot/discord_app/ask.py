@@ -1,5 +1,8 @@
 """The slash commands `/ask`, `/usage` and `/forget`: thin handlers.
 
+`Ask` offers `/ask` without a choice of model; `AskWithModel` (used when OPENAI_MODELS
+lists more than one) adds a `model` option, autocompleted from that list.
+
 `/ask` starts a conversation through `Conversations` (and so `AskPipeline`): refusals are
 ephemeral responses, an accepted ask is deferred and answered in the interaction's
 followups. Anything unexpected propagates to `AskTree.on_error`.
@@ -8,6 +11,7 @@ followups. Anything unexpected propagates to `AskTree.on_error`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import discord
 from discord import app_commands
@@ -23,6 +27,8 @@ log = logging.getLogger(__name__)
 
 # Discord's own ceiling for a string option.
 MAX_PROMPT_LENGTH = 6000
+# Discord shows at most this many autocomplete choices.
+MAX_CHOICES = 25
 
 
 class Ask(commands.Cog):
@@ -71,3 +77,50 @@ class Ask(commands.Cog):
         if refusal is not None:
             await interaction.response.send_message(refusal, ephemeral=True)
         return refusal is not None
+
+
+class AskWithModel(Ask):
+    """`Ask`, with `/ask` taking a `model` among those offered."""
+
+    @app_commands.command(name="ask")
+    @app_commands.describe(
+        prompt="Your question or request for the model",
+        model="The model to answer with (the server's default if you leave it out)",
+        private="Show the answer only to you",
+        file="A text file, code, PDF or image for the model to read",
+    )
+    async def ask(  # type: ignore[override]
+        self,
+        interaction: discord.Interaction,
+        prompt: app_commands.Range[str, 1, MAX_PROMPT_LENGTH],
+        model: app_commands.Range[str, 1, 100] | None = None,
+        private: bool = False,
+        file: discord.Attachment | None = None,
+    ) -> None:
+        """Ask the language model a question."""
+        if model is not None and model not in self._conversations.models:
+            # Autocomplete only suggests: anything may be typed.
+            await interaction.response.send_message(replies.UNKNOWN_MODEL, ephemeral=True)
+            return
+        files = [file] if file is not None else []
+        await self._conversations.ask(
+            interaction, prompt, private=private, model=model, files=files
+        )
+
+    @ask.autocomplete("model")
+    async def _models(
+        self, interaction: discord.Interaction, current: str
+    ) -> list[app_commands.Choice[str]]:
+        return [
+            app_commands.Choice(name=name, value=name)
+            for name in matching(self._conversations.models, current)
+        ]
+
+
+def matching(models: Sequence[str], typed: str) -> list[str]:
+    """The models to suggest for what was typed so far: those containing it (ignoring
+    case), those starting with it first, at most `MAX_CHOICES`."""
+    needle = typed.strip().lower()
+    found = [name for name in models if needle in name.lower()]
+    found.sort(key=lambda name: not name.lower().startswith(needle))
+    return found[:MAX_CHOICES]

@@ -18,14 +18,16 @@ from bot.answers.answering import Answerer
 from bot.config import Settings
 from bot.conversation.context import context_budget
 from bot.conversation.files import FileRules
+from bot.conversation.settings import SettingsStore
 from bot.conversation.tokens import TokenCounter
 from bot.conversation.turns import ConversationStore
-from bot.discord_app.ask import Ask
+from bot.discord_app.ask import Ask, AskWithModel
 from bot.discord_app.ask_about import ask_about_menu
 from bot.discord_app.conversations import Conversations
 from bot.discord_app.follow_up import FollowUpButton
 from bot.discord_app.pacing import ChannelPacer
 from bot.discord_app.pipeline import AskPipeline, FairUse
+from bot.discord_app.settings_command import SettingsCommand
 from bot.discord_app.tree import AskTree
 from bot.model.llm import Completer
 
@@ -43,6 +45,7 @@ class AskBot(commands.Bot):
         conversations: ConversationStore,
         counter: TokenCounter,
         *,
+        settings_store: SettingsStore,
         sync_on_start: bool = True,
     ) -> None:
         dms = settings.allow_dms
@@ -70,6 +73,7 @@ class AskBot(commands.Bot):
         self._completer = completer
         self._store = conversations
         self._counter = counter
+        self._settings_store = settings_store
         self._sync_on_start = sync_on_start
         self._conversations: Conversations | None = None
 
@@ -88,6 +92,9 @@ class AskBot(commands.Bot):
             model=self._completer.model,
             budget=context_budget(self._settings).prompt_tokens,
             pacer=ChannelPacer(),
+            models=self._offered_models(),
+            settings=self._settings_store,
+            budget_for=lambda model: context_budget(self._settings, model).prompt_tokens,
             files=FileRules(
                 self._settings.max_attachment_bytes, self._settings.max_attachment_chars
             ),
@@ -96,7 +103,16 @@ class AskBot(commands.Bot):
         FollowUpButton.service = conversations
         # Buttons of answers sent before a restart are matched by their custom id.
         self.add_dynamic_items(FollowUpButton)
-        await self.add_cog(Ask(conversations, self._fair_use))
+        # The model option is offered only when there is a choice.
+        ask = AskWithModel if len(conversations.models) > 1 else Ask
+        await self.add_cog(ask(conversations, self._fair_use))
+        await self.add_cog(
+            SettingsCommand(
+                self._settings_store,
+                models=conversations.models,
+                system_prompt=self._settings.system_prompt,
+            )
+        )
         self.tree.add_command(ask_about_menu(conversations))
         guild_id = self._settings.discord_guild_id
         if self._sync_on_start and guild_id is not None:
@@ -104,6 +120,12 @@ class AskBot(commands.Bot):
             self.tree.copy_global_to(guild=guild)
             synced = await self.tree.sync(guild=guild)
             log.info("synced %d command(s) to guild %s", len(synced), guild_id)
+
+    def _offered_models(self) -> tuple[str, ...]:
+        # The built-in model answers under its own name, whatever OPENAI_MODEL says.
+        if self._settings.uses_builtin_model:
+            return (self._completer.model,)
+        return self._settings.openai_models
 
     async def sync_globally(self) -> int:
         """Register the commands for every server; Discord may take a while to show them."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
@@ -32,6 +32,7 @@ from bot.conversation.context import (
     count_turn,
 )
 from bot.conversation.files import FileRules, Files
+from bot.conversation.settings import ServerSettings, SettingsStore, effective_prompt
 from bot.conversation.tokens import TokenCounter
 from bot.conversation.turns import ConversationStore, NewTurn, Turn, TurnId, may_continue
 from bot.discord_app import attachments
@@ -58,6 +59,10 @@ class Where:
     """The display name, as shown where they asked."""
     channel_id: int
     private: bool
+    settings_channel_id: int | None = None
+    """The channel whose settings apply: a thread's parent; None for `channel_id` itself."""
+    model: str | None = None
+    """The model the asker chose (a fresh `/ask`); None: the server's or the bot's default."""
     quotes: bool = False
     """The prompt quotes someone else's words: it goes labelled, with the rules on labels."""
 
@@ -75,6 +80,9 @@ class Conversations:
         model: str,
         budget: int,
         pacer: ChannelPacer,
+        models: Sequence[str] = (),
+        settings: SettingsStore | None = None,
+        budget_for: Callable[[str], int] | None = None,
         files: FileRules | None = None,
     ) -> None:
         self._asks = asks
@@ -84,7 +92,15 @@ class Conversations:
         self._model = model
         self._budget = budget
         self._pacer = pacer
+        self._models = tuple(models) or (model,)
+        self._settings = settings
+        self._budget_for = budget_for
         self._files = files or FileRules(max_bytes=8 * 1024 * 1024, max_chars=20_000)
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """The models members may choose from, the bot's default first."""
+        return self._models
 
     @property
     def store(self) -> ConversationStore:
@@ -96,11 +112,19 @@ class Conversations:
         prompt: str,
         *,
         private: bool,
+        model: str | None = None,
         files: Sequence[discord.Attachment] = (),
     ) -> None:
-        """A fresh `/ask`, perhaps with files: a new conversation."""
+        """A fresh `/ask`, perhaps with files: a new conversation, with `model` when the
+        asker chose one of `models` (the caller checks that)."""
         surface = InteractionSurface(interaction, private=private)
-        where = Where(_display_name(interaction.user), _channel_id(interaction), private)
+        where = Where(
+            _display_name(interaction.user),
+            _channel_id(interaction),
+            private,
+            settings_channel_id=_parent_id(interaction.channel),
+            model=model,
+        )
         await self._run(surface, prompt, where, parent=None, files=files)
 
     async def ask_about(
@@ -109,7 +133,11 @@ class Conversations:
         """The "Ask about this" modal was submitted: a new conversation about `message`."""
         surface = InteractionSurface(interaction, private=False)
         where = Where(
-            _display_name(interaction.user), _channel_id(interaction), private=False, quotes=True
+            _display_name(interaction.user),
+            _channel_id(interaction),
+            private=False,
+            settings_channel_id=_parent_id(interaction.channel),
+            quotes=True,
         )
         names = [attachment.filename for attachment in message.attachments]
         prompt = quoted_prompt(_display_name(message.author), message.content, names, question)
@@ -131,7 +159,12 @@ class Conversations:
             await interaction.response.send_message(sentence, ephemeral=True)
             return
         surface = InteractionSurface(interaction, private=turn.private)
-        where = Where(_display_name(interaction.user), _channel_id(interaction), turn.private)
+        where = Where(
+            _display_name(interaction.user),
+            _channel_id(interaction),
+            turn.private,
+            settings_channel_id=_parent_id(interaction.channel),
+        )
         await self._run(surface, text, where, parent=turn)
 
     async def reply(self, message: discord.Message, bot_user: discord.ClientUser) -> None:
@@ -151,7 +184,12 @@ class Conversations:
             return
         prompt = _without_mention(message.content, bot_user.id)
         surface = MessageSurface(message, self._pacer)
-        where = Where(_display_name(message.author), message.channel.id, private=False)
+        where = Where(
+            _display_name(message.author),
+            message.channel.id,
+            private=False,
+            settings_channel_id=_parent_id(message.channel),
+        )
         await self._run(surface, prompt, where, parent=parent, files=message.attachments)
 
     async def forget(self, user_id: int) -> int:
@@ -199,22 +237,24 @@ class Conversations:
         files: Files,
     ) -> Question:
         chain = await self._store.chain(parent.id, MAX_CHAIN) if parent is not None else []
+        system_prompt, model = await self._setup(surface.guild_id, where, parent)
+        budget = self._budget_for(model) if self._budget_for is not None else self._budget
         # The files' text is the asker's words, saved with the turn for later follow-ups;
         # images go only to this request, counted like text would be.
         prompt = files.prompt(prompt)
-        counted = await count_request(self._counter, self._system_prompt, where.asker, prompt)
+        counted = await count_request(self._counter, system_prompt, where.asker, prompt)
         if files.images:
             counted = replace(
                 counted, prompt=counted.prompt + attached.IMAGE_TOKENS * len(files.images)
             )
         context = build_context(
-            system_prompt=self._system_prompt,
+            system_prompt=system_prompt,
             chain=chain,
             prompt=prompt,
             asker=where.asker,
             request=counted,
-            budget=self._budget,
-            model=self._model,
+            budget=budget,
+            model=model,
         )
         if isinstance(context, PromptOverBudget):
             return Question(
@@ -222,6 +262,7 @@ class Conversations:
                 unanswerable=llm.PromptTooLong(
                     f"prompt of {context.tokens} tokens over the context budget of {context.budget}"
                 ),
+                model=model,
             )
         shorter = context.halved()
 
@@ -238,7 +279,7 @@ class Conversations:
                     private=where.private,
                     prompt=prompt,
                     answer=progress.text,
-                    model=self._model,
+                    model=model,
                     prompt_tokens=prompt_tokens,
                     answer_tokens=answer_tokens,
                     parent_id=parent.id if parent is not None else None,
@@ -251,22 +292,42 @@ class Conversations:
 
         # A fresh question holds nobody's words but the asker's: it goes as it is, after
         # the system prompt. Labels, and the rules about them, come with a history.
-        request: Request = context.messages if chain or where.quotes else prompt
-        if files.images:
-            request = _with_images(
-                context.messages if chain or where.quotes else _fresh(self._system_prompt, prompt),
-                files,
-            )
+        messages = context.messages if chain or where.quotes else _lone(system_prompt, prompt)
+        request: Request = _with_images(messages, files) if files.images else messages
         return Question(
             request,
             shorter=_with_images(shorter.messages, files) if shorter is not None else None,
             footer=replies.OLDER_TURNS_LEFT_OUT if chain and context.turns_left_out else None,
             final_view=save,
+            model=model,
         )
 
+    async def _setup(
+        self, guild_id: int | None, where: Where, parent: Turn | None
+    ) -> tuple[str, str]:
+        """The system prompt and the model of an ask: the channel's (or thread parent's)
+        prompt, else the server's, else SYSTEM_PROMPT; a conversation's own model while it
+        is still offered, else the asker's choice, the server's default, the bot's."""
+        server = ServerSettings()
+        if guild_id is not None and self._settings is not None:
+            server = await self._settings.server(guild_id)
+        channel_id = where.settings_channel_id or where.channel_id
+        system_prompt = effective_prompt(server, channel_id, self._system_prompt)
+        offered = [
+            model
+            for model in (parent.model if parent else None, where.model, server.model)
+            if model in self._models
+        ]
+        return system_prompt, offered[0] if offered else self._model
 
-def _fresh(system_prompt: str, prompt: str) -> list[llm.ChatMessage]:
+
+def _lone(system_prompt: str, prompt: str) -> list[llm.ChatMessage]:
     return [{"role": "system", "content": system_prompt}, {"role": "user", "content": prompt}]
+
+
+def _parent_id(channel: object) -> int | None:
+    """A thread's parent channel, whose settings the thread uses."""
+    return channel.parent_id if isinstance(channel, discord.Thread) else None
 
 
 def _with_images(messages: Sequence[llm.ChatMessage], files: Files) -> list[llm.ChatMessage]:

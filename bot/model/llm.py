@@ -67,7 +67,7 @@ import math
 import random
 import socket
 import ssl
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -83,7 +83,7 @@ from openai.types.chat import (
 )
 from openai.types.completion_usage import CompletionUsage
 
-from bot.config import Settings
+from bot.config import ModelLimits, Settings
 from bot.model.reasoning import Split, ThinkParser
 from bot.model.vision import has_images, rejects_images, sees_images_by_name
 
@@ -329,6 +329,8 @@ class Completer:
     caller's deadline and the client's own timeouts bound it); `max_retries` how many more
     attempts a failure that may pass gets; `observer` hears of every attempt. `vision` says
     whether the model sees images (`None`: judge by its name, see `sees_images`).
+    `complete` and `stream` answer with `model` unless given another (`model=`); `limits`
+    holds what differs for some models (their output cap and vision, MODELS_FILE).
     """
 
     def __init__(
@@ -343,6 +345,7 @@ class Completer:
         max_retries: int = 0,
         observer: AttemptObserver | None = None,
         vision: bool | None = None,
+        limits: Mapping[str, ModelLimits] | None = None,
     ) -> None:
         self._client = client
         self._model = model
@@ -354,7 +357,10 @@ class Completer:
         self._timeout = timeout
         self._max_retries = max_retries
         self._observer = observer
-        self._sees_images = vision if vision is not None else sees_images_by_name(model)
+        self._vision = vision
+        self._limits = dict(limits or {})
+        # Per model: whether it sees images, learned `False` once a provider refuses them.
+        self._sees: dict[str, bool | None] = {}
 
     @classmethod
     def from_settings(
@@ -373,6 +379,7 @@ class Completer:
             max_retries=settings.openai_max_retries,
             observer=observer,
             vision=settings.vision,
+            limits=settings.model_limits,
         )
 
     @property
@@ -391,7 +398,17 @@ class Completer:
         `VISION=true`/`false` decides, or with `auto` the model's name; once the provider
         has rejected image input it is `False` for the rest of the process.
         """
-        return self._sees_images
+        return self.sees_images_of(self._model)
+
+    def sees_images_of(self, model: str) -> bool | None:
+        """`sees_images` for `model`: its `vision` in MODELS_FILE, else as for any model."""
+        if model not in self._sees:
+            limits = self._limits.get(model)
+            vision = limits.vision if limits is not None else None
+            if vision is None:
+                vision = self._vision
+            self._sees[model] = vision if vision is not None else sees_images_by_name(model)
+        return self._sees[model]
 
     @property
     def system_prompt(self) -> str:
@@ -409,25 +426,33 @@ class Completer:
         ]
 
     async def complete(
-        self, request: str | Sequence[ChatMessage], *, deadline: float | None = None
+        self,
+        request: str | Sequence[ChatMessage],
+        *,
+        deadline: float | None = None,
+        model: str | None = None,
     ) -> Answer:
         """Answer `request` (see `messages`); return the answer or raise a `CompletionError`.
 
-        `deadline` (event-loop time) ends the answer earlier than `timeout` would. The
-        reasoning, in whichever form it came, is in `Answer.reasoning`, never in its `text`.
+        `deadline` (event-loop time) ends the answer earlier than `timeout` would; `model`
+        answers with another model than the `Completer`'s own. The reasoning, in whichever
+        form it came, is in `Answer.reasoning`, never in its `text`.
         """
         messages = self.messages(request)
         ends = self._deadline(deadline)
+        model = model or self._model
 
         def create(headers: dict[str, str]) -> Awaitable[ChatCompletion]:
             return self._client.chat.completions.create(
-                model=self._model,
+                model=model,
                 messages=messages,
-                extra_body=self._extra_body(),
+                extra_body=self._extra_body(model),
                 extra_headers=headers,
             )
 
-        completion = await self._send(create, ends, deadline, images=has_images(messages))
+        completion = await self._send(
+            create, ends, deadline, images=has_images(messages), model=model
+        )
         request_id = completion._request_id
         if not completion.choices:
             raise _log_failure(EmptyAnswer("response had no choices", request_id=request_id))
@@ -451,7 +476,11 @@ class Completer:
         )
 
     async def stream(
-        self, request: str | Sequence[ChatMessage], *, deadline: float | None = None
+        self,
+        request: str | Sequence[ChatMessage],
+        *,
+        deadline: float | None = None,
+        model: str | None = None,
     ) -> AsyncGenerator[Chunk, None]:
         """Answer `request` (see `messages`), yielding the answer as it is written.
 
@@ -462,22 +491,24 @@ class Completer:
         ends without a finish reason, `ImagesNotSupported` before any chunk when the model
         takes no images. A stream that ends without any answer text (reasoning alone
         included) raises `EmptyAnswer`. Closing the iterator early (or cancelling its
-        consumer) closes the HTTP response, which cancels the request.
+        consumer) closes the HTTP response, which cancels the request. `model` as for
+        `complete`.
         """
         ends = self._deadline(deadline)
         messages = self.messages(request)
+        model = model or self._model
 
         def create(headers: dict[str, str]) -> Awaitable[openai.AsyncStream[ChatCompletionChunk]]:
             return self._client.chat.completions.create(
-                model=self._model,
+                model=model,
                 messages=messages,
-                extra_body=self._extra_body(),
+                extra_body=self._extra_body(model),
                 extra_headers=headers,
                 stream=True,
                 stream_options={"include_usage": True},
             )
 
-        stream = await self._send(create, ends, deadline, images=has_images(messages))
+        stream = await self._send(create, ends, deadline, images=has_images(messages), model=model)
         request_id = stream.response.headers.get("x-request-id")
         parser = ThinkParser()
         answer = _Accumulated()
@@ -553,15 +584,16 @@ class Completer:
         deadline: float | None,
         *,
         images: bool,
+        model: str,
     ) -> T:
         """Make the request, retrying what may pass, until the response starts or `ends`.
 
         `images`: the request carries image parts, which a model known to be blind never
         gets sent.
         """
-        if images and self._sees_images is False:
+        if images and self.sees_images_of(model) is False:
             raise _log_failure(
-                ImagesNotSupported(f"{self._model} cannot see images (VISION, or a past refusal)")
+                ImagesNotSupported(f"{model} cannot see images (VISION, or a past refusal)")
             )
         loop = asyncio.get_running_loop()
         attempt = 0
@@ -581,7 +613,7 @@ class Completer:
                 self._observe(status, loop.time() - started)
                 error = translate_error(exc, images=images)
                 if isinstance(error, ImagesNotSupported):
-                    self._learn_blind(error)
+                    self._learn_blind(error, model)
                 wait = self._retry_wait(error, exc, attempt, ends)
                 if wait is None:
                     if attempt:
@@ -618,15 +650,15 @@ class Completer:
             return None
         return wait
 
-    def _learn_blind(self, error: ImagesNotSupported) -> None:
-        if self._sees_images is not False:
+    def _learn_blind(self, error: ImagesNotSupported, model: str) -> None:
+        if self.sees_images_of(model) is not False:
             log.warning(
                 "the model %s rejected image input; images will not be sent to it again "
                 "until restart (set VISION=false to skip trying): %s",
-                self._model,
+                model,
                 error,
             )
-        self._sees_images = False
+        self._sees[model] = False
 
     def _observe(self, status: int | None, seconds: float) -> None:
         if self._observer is None:
@@ -647,10 +679,13 @@ class Completer:
             request_id=request_id,
         )
 
-    def _extra_body(self) -> dict[str, object] | None:
-        if self._max_output_tokens is None:
+    def _extra_body(self, model: str) -> dict[str, object] | None:
+        limits = self._limits.get(model)
+        cap = limits.max_output_tokens if limits is not None else None
+        cap = cap or self._max_output_tokens
+        if cap is None:
             return None
-        return {self._max_tokens_field: self._max_output_tokens}
+        return {self._max_tokens_field: cap}
 
 
 _RETRYABLE = (RateLimited, ProviderUnavailable)

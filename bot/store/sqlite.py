@@ -3,6 +3,7 @@
 SqliteDatabase          the file, and the one thread that owns its only connection
 SqliteUsageStore        daily token counts and holds (`bot.fair_use.budgets.UsageStore`)
 SqliteConversationStore the turns of conversations (`bot.conversation.turns.ConversationStore`)
+SqliteSettingsStore     servers' and channels' settings (`bot.conversation.settings.SettingsStore`)
 
 The entry point opens the database once and makes both stores on it; they share its thread,
 so calls from either run one at a time, in order, and never block the event loop:
@@ -24,10 +25,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from bot.conversation.settings import ServerSettings
 from bot.conversation.turns import NewTurn, Turn, TurnId
 from bot.fair_use.budgets import Reservation, Scope, Totals
 
-__all__ = ["FILE_NAME", "SqliteConversationStore", "SqliteDatabase", "SqliteUsageStore"]
+__all__ = [
+    "FILE_NAME",
+    "SqliteConversationStore",
+    "SqliteDatabase",
+    "SqliteSettingsStore",
+    "SqliteUsageStore",
+]
 
 FILE_NAME = "usage.sqlite3"
 
@@ -87,6 +95,19 @@ _SCHEMA = (
     ) WITHOUT ROWID
     """,
     "CREATE INDEX IF NOT EXISTS turn_messages_by_turn ON turn_messages (turn_id)",
+    # One row per setting: `channel_id` 0 for the server's own; `name` is `model` or
+    # `prompt`. `changed_by` is the user id of whoever set it, `changed_at` Unix seconds.
+    """
+    CREATE TABLE IF NOT EXISTS settings (
+        guild_id   INTEGER NOT NULL,
+        channel_id INTEGER NOT NULL,
+        name       TEXT    NOT NULL CHECK (name IN ('model', 'prompt')),
+        value      TEXT    NOT NULL,
+        changed_by INTEGER NOT NULL,
+        changed_at REAL    NOT NULL,
+        PRIMARY KEY (guild_id, channel_id, name)
+    ) WITHOUT ROWID
+    """,
 )
 
 _ADD = """
@@ -454,6 +475,64 @@ class SqliteConversationStore:
             )
             connection.execute(f"DELETE FROM turn_messages WHERE turn_id IN ({doomed})", (value,))
             return connection.execute(f"DELETE FROM turns WHERE {where}", (value,)).rowcount
+
+
+class SqliteSettingsStore:
+    """A `SettingsStore` in the SQLite database (see `SqliteDatabase` for how it runs),
+    made on a shared database whose owner closes it."""
+
+    def __init__(self, database: SqliteDatabase) -> None:
+        self._database = database
+
+    async def server(self, guild_id: int) -> ServerSettings:
+        return await self._database.run(self._server, guild_id)
+
+    async def set_model(self, guild_id: int, model: str | None, *, by: int) -> None:
+        await self._database.run(self._set, guild_id, 0, "model", model, by)
+
+    async def set_prompt(
+        self, guild_id: int, channel_id: int | None, prompt: str | None, *, by: int
+    ) -> None:
+        await self._database.run(self._set, guild_id, channel_id or 0, "prompt", prompt, by)
+
+    async def reset(self, guild_id: int, *, by: int) -> int:
+        return await self._database.run(self._reset, guild_id)
+
+    def _server(self, guild_id: int) -> ServerSettings:
+        rows = self._database.connection.execute(
+            "SELECT channel_id, name, value FROM settings WHERE guild_id = ?", (guild_id,)
+        ).fetchall()
+        model = prompt = None
+        channels: dict[int, str] = {}
+        for channel_id, name, value in rows:
+            if channel_id:
+                channels[channel_id] = value
+            elif name == "model":
+                model = value
+            else:
+                prompt = value
+        return ServerSettings(model, prompt, channels)
+
+    def _set(self, guild_id: int, channel_id: int, name: str, value: str | None, by: int) -> None:
+        with self._database.writing() as connection:
+            if value is None:
+                connection.execute(
+                    "DELETE FROM settings WHERE guild_id = ? AND channel_id = ? AND name = ?",
+                    (guild_id, channel_id, name),
+                )
+                return
+            connection.execute(
+                "INSERT INTO settings VALUES (?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (guild_id, channel_id, name) DO UPDATE SET value = excluded.value, "
+                "changed_by = excluded.changed_by, changed_at = excluded.changed_at",
+                (guild_id, channel_id, name, value, by, datetime.now(UTC).timestamp()),
+            )
+
+    def _reset(self, guild_id: int) -> int:
+        with self._database.writing() as connection:
+            return connection.execute(
+                "DELETE FROM settings WHERE guild_id = ?", (guild_id,)
+            ).rowcount
 
 
 def _link(connection: sqlite3.Connection, turn_id: TurnId, message_ids: list[int]) -> None:

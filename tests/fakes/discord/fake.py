@@ -45,12 +45,14 @@ from .payloads import (
     interaction_payload,
     member_payload,
     message_payload,
+    role_payload,
 )
 from .ratelimit import RateLimiter, RateLimits, bucket_hash
 from .rest import API_PREFIX, Call, Rest
 from .spec import SPEC_PATH, SpecViolation, load_spec
 from .state import (
     APPLICATION_COMMAND,
+    APPLICATION_COMMAND_AUTOCOMPLETE,
     DM,
     EVERYONE_PERMISSIONS,
     GROUP_DM,
@@ -63,6 +65,7 @@ from .state import (
     Channel,
     CommandSync,
     Message,
+    Role,
     User,
     VisibleMessage,
     World,
@@ -271,14 +274,53 @@ class FakeDiscord:
         channel_id: int | None = None,
         user_installed: bool = False,
     ) -> InteractionHandle:
-        """``user`` runs ``/command`` in the guild's channel, in ``channel_id`` (a thread,
-        say; :attr:`external_channel_id` is in a server the bot is not in) or in their DM
-        with the bot.
+        """``user`` runs ``/command`` (``"settings show"`` for a subcommand) in the guild's
+        channel, in ``channel_id`` (a thread, say; :attr:`external_channel_id` is in a
+        server the bot is not in) or in their DM with the bot.
 
-        The command must be registered where it is used, as on Discord. With
-        ``user_installed`` the person has also added the app to their own account (in
-        the external server that is the only way the command is there).
+        The command must be registered where it is used, and not hidden from ``user`` by
+        its default member permissions, as on Discord. With ``user_installed`` the person
+        has also added the app to their own account (in the external server that is the
+        only way the command is there).
         """
+        return self._command(
+            command, options, user, dm, channel_id, focused=None, user_installed=user_installed
+        )
+
+    def autocomplete(
+        self,
+        command: str,
+        focused: str,
+        options: Mapping[str, OptionValue] | None = None,
+        *,
+        user: User | None = None,
+        channel_id: int | None = None,
+        user_installed: bool = False,
+    ) -> InteractionHandle:
+        """``user`` types ``options[focused]`` (or nothing yet) into the autocomplete option
+        ``focused`` of ``/command``: an APPLICATION_COMMAND_AUTOCOMPLETE interaction, which
+        the bot answers with choices (:attr:`InteractionHandle.choices`)."""
+        return self._command(
+            command,
+            options,
+            user,
+            False,
+            channel_id,
+            focused=focused,
+            user_installed=user_installed,
+        )
+
+    def _command(
+        self,
+        command: str,
+        options: Mapping[str, OptionValue] | None,
+        user: User | None,
+        dm: bool,
+        channel_id: int | None,
+        *,
+        focused: str | None,
+        user_installed: bool,
+    ) -> InteractionHandle:
         world = self.world
         person = user or world.user
         where = channel_id or world.channel_id
@@ -288,9 +330,18 @@ class FakeDiscord:
             or channel.guild_id == world.external_guild_id
             or channel.type == GROUP_DM
         )
-        data = command_data(world, channel, command, options or {}, user_installed=own)
+        data = command_data(
+            world,
+            channel,
+            command,
+            options or {},
+            user=person,
+            focused=focused,
+            user_installed=own,
+        )
+        kind = APPLICATION_COMMAND if focused is None else APPLICATION_COMMAND_AUTOCOMPLETE
         interaction = world.new_interaction(
-            type=APPLICATION_COMMAND,
+            type=kind,
             channel=channel,
             user=person,
             command_name=command,
@@ -316,6 +367,24 @@ class FakeDiscord:
             type=APPLICATION_COMMAND, channel=channel, user=person, command_name=name
         )
         return self._dispatch(interaction.id, data)
+
+    def add_role(self, name: str, permissions: int, members: Sequence[User]) -> int:
+        """The server's admins create a role with ``permissions`` and give it to ``members``;
+        GUILD_ROLE_CREATE goes to sessions with GUILDS. Returns the role's id."""
+        world = self.world
+        role = Role(world.snowflakes.next(), name, permissions, len(world.roles))
+        world.roles.append(role)
+        for member in members:
+            world.members[member.id].role_ids.append(role.id)
+        payload = {"guild_id": str(world.guild_id), "role": role_payload(role)}
+        self.gateway.dispatch("GUILD_ROLE_CREATE", payload, intent=GUILDS, guild_id=world.guild_id)
+        world.changes.notify()
+        return role.id
+
+    def allow_command_for_everyone(self, name: str) -> None:
+        """The server's admins allow ``/name`` for every member (Server Settings >
+        Integrations), whatever its default member permissions."""
+        self.world.commands_allowed.add(name)
 
     def press_button(
         self, message_id: int, custom_id: str, *, user: User | None = None

@@ -1,4 +1,5 @@
-"""What a person can do to the bot: run a registered command, press a button, submit a
+"""What a person can do to the bot: run a registered command (or one of its subcommands,
+``"settings show"``), type into an option with autocomplete, press a button, submit a
 modal the bot showed them.
 
 Discord's own client only lets people do what the registered commands and the rendered
@@ -18,6 +19,7 @@ from . import rules
 from .errors import JsonObject
 from .payloads import message_payload, upload_payload
 from .state import (
+    ADMINISTRATOR,
     ATTACHMENT_SIZE_LIMIT,
     DM,
     GROUP_DM,
@@ -43,7 +45,7 @@ class Upload:
 OptionValue = str | int | float | bool | Upload
 
 _CHAT_INPUT, _MESSAGE_COMMAND = 1, 3
-_STRING, _INTEGER, _BOOLEAN, _NUMBER, _ATTACHMENT = 3, 4, 5, 10, 11
+_SUB_COMMAND, _STRING, _INTEGER, _BOOLEAN, _NUMBER, _ATTACHMENT = 1, 3, 4, 5, 10, 11
 _BUTTON = 2
 _LINK_STYLE = 5
 
@@ -54,25 +56,84 @@ def command_data(
     name: str,
     options: Mapping[str, OptionValue],
     *,
+    user: User | None = None,
+    focused: str | None = None,
     user_installed: bool = False,
 ) -> JsonObject:
-    """The ``data`` of an APPLICATION_COMMAND interaction for ``/name`` with ``options``.
+    """The ``data`` of an APPLICATION_COMMAND interaction for ``/name`` with ``options``
+    (``name`` may name a subcommand: ``"settings show"``), or with ``focused`` that of an
+    APPLICATION_COMMAND_AUTOCOMPLETE while the person types into that option.
 
     Raises ``LookupError`` when no such command is registered where ``channel`` is (for
     the person's own install when ``user_installed``: global commands for that
-    integration type only), and ``ValueError`` for options Discord's client would not
-    let a person submit.
+    integration type only), or ``user`` lacks its default member permissions there
+    (Discord hides it, unless the server's admins allowed it for everyone:
+    ``World.commands_allowed``), and ``ValueError`` for options Discord's client would not
+    let a person submit. Uploaded files arrive in ``resolved.attachments``.
     """
-    command, guild_id = _find_command(world, channel, name, user_installed=user_installed)
+    top, _, sub = name.partition(" ")
+    command, guild_id = _find_command(world, channel, top, user_installed=user_installed)
+    if user is not None and not user_installed and not _may_see(world, command, channel, user):
+        raise LookupError(f"/{top} is hidden from {user.username} (default member permissions)")
+    data: JsonObject = {"id": command["id"], "name": top, "type": 1}
+    if guild_id is not None:
+        data["guild_id"] = str(guild_id)
+    resolved: dict[str, JsonObject] = {}
+    if sub:
+        subcommands = {
+            option["name"]: option
+            for option in command.get("options") or []
+            if option["type"] == _SUB_COMMAND
+        }
+        if sub not in subcommands:
+            raise LookupError(f"/{top} has no subcommand {sub!r}")
+        sent = _options(world, name, subcommands[sub], options, focused, resolved)
+        data["options"] = [{"name": sub, "type": _SUB_COMMAND, "options": sent}]
+    else:
+        sent = _options(world, name, command, options, focused, resolved)
+        if sent:
+            data["options"] = sent
+    if resolved:
+        data["resolved"] = {"attachments": resolved}
+    return data
+
+
+def _may_see(world: World, command: JsonObject, channel: Channel, user: User) -> bool:
+    needed = command.get("default_member_permissions")
+    if needed is None or channel.guild_id is None or command["name"] in world.commands_allowed:
+        return True
+    bits, held = int(needed), world.permissions_in(user.id, channel)
+    # "0": administrators only.
+    return held & bits == bits if bits else held & ADMINISTRATOR != 0
+
+
+def _options(
+    world: World,
+    name: str,
+    command: JsonObject,
+    options: Mapping[str, OptionValue],
+    focused: str | None,
+    resolved: dict[str, JsonObject],
+) -> list[JsonObject]:
+    """The options sent for ``command``; uploads are added to ``resolved``."""
     declared = {option["name"]: option for option in command.get("options") or []}
+    if focused is not None:
+        option = declared.get(focused)
+        if option is None or not option.get("autocomplete"):
+            raise ValueError(f"/{name} has no autocomplete option {focused!r}")
     unknown = set(options) - set(declared)
     if unknown:
         raise ValueError(f"/{name} has no option(s) {sorted(unknown)}")
-    sent = []
-    resolved: dict[str, JsonObject] = {}
+    sent: list[JsonObject] = []
     for option_name, option in declared.items():
+        if option_name == focused:
+            # What is typed so far: any text, checked only once the command is sent.
+            value = options.get(option_name, "")
+            sent.append({"name": option_name, "type": option["type"], "value": value})
+            sent[-1]["focused"] = True
+            continue
         if option_name not in options:
-            if option.get("required"):
+            if option.get("required") and focused is None:
                 raise ValueError(f"/{name} needs its required option {option_name!r}")
             continue
         value = options[option_name]
@@ -83,14 +144,7 @@ def command_data(
             resolved[str(attachment.id)] = upload_payload(world, attachment)
             value = str(attachment.id)
         sent.append({"name": option_name, "type": option["type"], "value": value})
-    data: JsonObject = {"id": command["id"], "name": name, "type": 1}
-    if sent:
-        data["options"] = sent
-    if resolved:
-        data["resolved"] = {"attachments": resolved}
-    if guild_id is not None:
-        data["guild_id"] = str(guild_id)
-    return data
+    return sent
 
 
 def _upload(world: World, upload: Upload) -> Attachment:
@@ -300,6 +354,11 @@ class InteractionHandle:
     def modal(self) -> JsonObject | None:
         """The modal the bot answered with (callback type 9), as stored, if it did."""
         return self._interaction.modal
+
+    @property
+    def choices(self) -> list[JsonObject] | None:
+        """The autocomplete choices the bot answered with (callback type 8), if it has."""
+        return self._interaction.choices
 
     @property
     def callback_type(self) -> int | None:

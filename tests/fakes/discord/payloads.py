@@ -477,7 +477,8 @@ def command_payload(
         "id": str(command_id),
         "application_id": str(world.application_id),
         "version": str(version),
-        "default_member_permissions": command.get("default_member_permissions"),
+        # Discord takes the bit set as a number or a string and echoes a string.
+        "default_member_permissions": _permission_string(command.get("default_member_permissions")),
         "type": kind,
         "name": command["name"],
         "name_localizations": command.get("name_localizations"),
@@ -494,6 +495,10 @@ def command_payload(
         payload["guild_id"] = str(guild_id)
         del payload["dm_permission"]
     return payload
+
+
+def _permission_string(value: object) -> str | None:
+    return None if value is None else str(value)
 
 
 def interaction_channel_payload(world: World, interaction: Interaction) -> JsonObject:

@@ -80,11 +80,12 @@ CHANNEL_MESSAGE = "/channels/{channel_id}/messages/{message_id}"
 TYPING = "/channels/{channel_id}/typing"
 
 # Interaction callback types. PONG (1) answers only PING interactions, which arrive over
-# HTTP, never the gateway; autocomplete results (8) answer autocomplete interactions, which
-# the fake does not send.
+# HTTP, never the gateway; autocomplete results (8) answer autocomplete interactions (4),
+# and nothing else answers those.
 CHANNEL_MESSAGE_WITH_SOURCE, DEFERRED_CHANNEL_MESSAGE = 4, 5
 DEFERRED_UPDATE_MESSAGE, UPDATE_MESSAGE = 6, 7
-MODAL, LAUNCH_ACTIVITY = 9, 12
+AUTOCOMPLETE_RESULT, MODAL, LAUNCH_ACTIVITY = 8, 9, 12
+MAX_CHOICES = 25
 _MESSAGE_CALLBACKS = {
     CHANNEL_MESSAGE_WITH_SOURCE,
     DEFERRED_CHANNEL_MESSAGE,
@@ -96,6 +97,7 @@ _CALLBACKS_FOR = {
     # A modal submit cannot open another modal; the update types need the modal to have
     # come from a component (checked in _callback).
     5: _MESSAGE_CALLBACKS,
+    4: {AUTOCOMPLETE_RESULT},
     3: {
         CHANNEL_MESSAGE_WITH_SOURCE,
         DEFERRED_CHANNEL_MESSAGE,
@@ -602,7 +604,9 @@ class Rest:
         if kind == LAUNCH_ACTIVITY:
             raise DiscordError(400, 0, f"interaction callback type {kind} is not simulated")
         message = None
-        if kind == MODAL:
+        if kind == AUTOCOMPLETE_RESULT:
+            interaction.choices = _choices(data)
+        elif kind == MODAL:
             rules.check_modal(data)
             interaction.modal = {**data, "components": numbered(data["components"])}
         else:
@@ -858,6 +862,29 @@ def _flag(query: dict[str, str], name: str) -> bool:
     if value.lower() in ("true", "1"):
         return True
     raise errors.invalid_form([name], "BASE_TYPE_BOOLEAN", "Must be either true or false.")
+
+
+def _choices(data: JsonObject) -> list[JsonObject]:
+    """An autocomplete result's choices, refused as Discord refuses them: at most 25, each
+    with a name of 1 to 100 characters and a value of the option's kind."""
+    choices = data.get("choices")
+    if not isinstance(choices, list) or len(choices) > MAX_CHOICES:
+        raise errors.invalid_form(
+            ["data", "choices"], "BASE_TYPE_MAX_LENGTH", "Must be 25 or fewer in length."
+        )
+    for index, choice in enumerate(choices):
+        name = choice.get("name") if isinstance(choice, dict) else None
+        if not isinstance(name, str) or not 1 <= len(name) <= 100:
+            raise errors.invalid_form(
+                ["data", "choices", str(index), "name"],
+                "BASE_TYPE_BAD_LENGTH",
+                "Must be between 1 and 100 in length.",
+            )
+        if not isinstance(choice.get("value"), str | int | float):
+            raise errors.invalid_form(
+                ["data", "choices", str(index), "value"], "BASE_TYPE_REQUIRED", "required"
+            )
+    return [dict(choice) for choice in choices]
 
 
 def _snowflake_or_zero(value: Any) -> int:

@@ -21,6 +21,7 @@ from .snowflake import Snowflakes
 
 # Permission bits (https://discord.com/developers/docs/topics/permissions).
 ADMINISTRATOR = 1 << 3
+MANAGE_GUILD = 1 << 5
 ADD_REACTIONS = 1 << 6
 VIEW_CHANNEL = 1 << 10
 SEND_MESSAGES = 1 << 11
@@ -54,6 +55,7 @@ CHAT_INPUT_COMMAND = 20
 # Interaction types.
 APPLICATION_COMMAND = 2
 MESSAGE_COMPONENT = 3
+APPLICATION_COMMAND_AUTOCOMPLETE = 4
 MODAL_SUBMIT = 5
 
 GUILD_TEXT = 0
@@ -195,6 +197,8 @@ class Interaction:
     # The modal this interaction was answered with (callback type 9), as stored.
     modal: JsonObject | None = None
     modal_submitted: bool = False
+    # The choices an autocomplete interaction was answered with (callback type 8).
+    choices: list[JsonObject] | None = None
     # For a modal submit: the interaction whose modal was submitted.
     opened_by: int | None = None
     # Its authorizing integration owners: the server's install, the person's own, or both.
@@ -295,6 +299,9 @@ class World:
         # Ids of the attachments downloaded from the local CDN, in order.
         self.downloads: list[int] = []
         self.commands: dict[int | None, list[JsonObject]] = {None: []}
+        # Commands the server's admins allowed for everyone (Server Settings > Integrations),
+        # whatever their default member permissions.
+        self.commands_allowed: set[str] = set()
         self.command_syncs: list[CommandSync] = []
         # Another server the people are in but the bot is not, with one text channel:
         # only a person's own install of the app reaches it.
