@@ -52,7 +52,7 @@ from bench.limits import (  # noqa: E402
     timed,
     user_of,
 )
-from bot import access  # noqa: E402
+from bot.fair_use import access  # noqa: E402
 from bot.fair_use.budgets import Budget, DailyBudgets  # noqa: E402
 from bot.fair_use.limits import AskGate, Cooldown, parse_cooldown  # noqa: E402
 from bot.store.sqlite import SqliteUsageStore  # noqa: E402
