@@ -17,8 +17,8 @@ from typing import Protocol
 import discord
 from discord import app_commands
 
-from bot.answers import replies
 from bot.conversation.context import label, neutralise
+from bot.discord_app.tree import report_unexpected
 
 log = logging.getLogger(__name__)
 
@@ -70,20 +70,7 @@ class AskAboutModal(discord.ui.Modal, title="Ask about this message"):
     async def on_error(  # type: ignore[override]
         self, interaction: discord.Interaction, error: Exception, /
     ) -> None:
-        log.error(
-            "unexpected error asking about a message (interaction %s)",
-            interaction.id,
-            exc_info=error,
-        )
-        try:
-            if interaction.response.is_done():
-                await interaction.followup.send(replies.UNEXPECTED, ephemeral=True)
-            else:
-                await interaction.response.send_message(replies.UNEXPECTED, ephemeral=True)
-        except discord.HTTPException:
-            log.exception(
-                "could not tell the user about the error (interaction %s)", interaction.id
-            )
+        await report_unexpected(interaction, error, "Ask about this")
 
 
 def quoted_prompt(author: str, content: str, attachments: Sequence[str], question: str) -> str:

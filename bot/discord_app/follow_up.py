@@ -18,6 +18,7 @@ import discord
 
 from bot.answers import replies
 from bot.conversation.turns import TurnId
+from bot.discord_app.tree import report_unexpected
 
 log = logging.getLogger(__name__)
 
@@ -114,17 +115,4 @@ class FollowUpModal(discord.ui.Modal, title="Follow up"):
     async def on_error(  # type: ignore[override]
         self, interaction: discord.Interaction, error: Exception, /
     ) -> None:
-        # The same boundary as the command tree's: the traceback for the operator, one
-        # short sentence for the person.
-        log.error(
-            "unexpected error in a follow-up (interaction %s)", interaction.id, exc_info=error
-        )
-        try:
-            if interaction.response.is_done():
-                await interaction.followup.send(replies.UNEXPECTED, ephemeral=True)
-            else:
-                await interaction.response.send_message(replies.UNEXPECTED, ephemeral=True)
-        except discord.HTTPException:
-            log.exception(
-                "could not tell the user about the error (interaction %s)", interaction.id
-            )
+        await report_unexpected(interaction, error, "a follow-up")
