@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -10,6 +10,7 @@ import pytest
 from tests.fakes.discord import FakeDiscord
 from tests.fakes.discord.plugin import running_fake
 from tests.fakes.openai_server import FakeOpenAI, start_fake_openai
+from tests.redis_server import RedisServer
 from tests.stack import Stack, run_stack
 
 
@@ -32,3 +33,26 @@ async def stack(
     """The bot, exactly as `python -m bot` runs it, on the local Discord and model."""
     async with run_stack(fake_discord, fake_openai, tmp_path) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def shared_redis() -> Iterator[RedisServer]:
+    """One real Redis server for the whole run (see `redis_server`)."""
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def redis_server(shared_redis: RedisServer) -> RedisServer:
+    """A real Redis server, emptied for this test. Tests that stop it use `own_redis`."""
+    if not shared_redis.running:
+        shared_redis.start()
+    shared_redis.flush()
+    return shared_redis
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A real Redis server of this test's own, which it may stop and start again."""
+    with RedisServer() as server:
+        yield server
