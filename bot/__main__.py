@@ -55,6 +55,7 @@ from bot.fair_use.budgets import (
 )
 from bot.fair_use.concurrency import AdaptiveConcurrency
 from bot.fair_use.limits import AskGate, Cooldown, InFlight, PerUserCap
+from bot.fair_use.user_limits import LocalUserLimits
 from bot.metrics import Metrics
 from bot.model.llm import Completer, make_client, open_completer
 from bot.model.local_model import LocalModelError
@@ -283,10 +284,12 @@ async def open_fair_use(
                 allow_dms=settings.allow_dms,
             ),
             max_prompt_chars=settings.max_prompt_chars,
-            cooldown=Cooldown(settings.ask_cooldown) if settings.ask_cooldown else None,
+            user_limits=LocalUserLimits(
+                Cooldown(settings.ask_cooldown) if settings.ask_cooldown else None,
+                PerUserCap(settings.max_asks_per_user),
+            ),
             gate=gate,
             in_flight=InFlight(),
-            per_user=PerUserCap(settings.max_asks_per_user),
             budgets=budgets,
             metrics=metrics,
             concurrency=concurrency,
@@ -492,10 +495,9 @@ def _fair_use_for_sync(settings: Settings) -> FairUse:
             allow_dms=settings.allow_dms,
         ),
         max_prompt_chars=settings.max_prompt_chars,
-        cooldown=None,
+        user_limits=LocalUserLimits(None, PerUserCap(settings.max_asks_per_user)),
         gate=AskGate(settings.max_concurrent_asks, settings.max_queued_asks),
         in_flight=InFlight(),
-        per_user=PerUserCap(settings.max_asks_per_user),
         budgets=DailyBudgets(_NoUsageStore(), Budget()),
         metrics=Metrics(),
     )

@@ -4,7 +4,7 @@ Asks arrive as `/ask`, as the "Follow up" modal and as replies to an answer. Eac
 is described by a `Surface` (who asks, where, how to refuse, how to acknowledge, where
 the answer goes); `AskPipeline.run` treats them all alike:
 
-1. Refusals are decided before anything is shown, synchronously where they can race:
+1. Refusals are decided before anything is shown, each in one step where asks can race:
    who may ask, prompt size, cooldown, the asker's own asks in flight, capacity; then the
    token budgets (a reservation in the local store, far inside Discord's 3 s). A refusal
    goes only to the asker (`Surface.refuse`).
@@ -30,6 +30,7 @@ from bot.answers.messages import DeliveryFailed, MessageGone, Messages
 from bot.answers.streaming import write_final
 from bot.discord_app.stop_button import StopButton
 from bot.fair_use import access, budgets, limits
+from bot.fair_use.user_limits import UserLimits, UserRefusal, UserSlot
 from bot.metrics import Metrics
 from bot.model import llm
 from bot.model.llm import AttemptObserver
@@ -61,10 +62,10 @@ class FairUse:
 
     rules: access.AccessRules
     max_prompt_chars: int
-    cooldown: limits.Cooldown | None
+    user_limits: UserLimits
+    """The cooldown and each user's asks in flight (in memory, or shared through Redis)."""
     gate: limits.AskGate
     in_flight: limits.InFlight
-    per_user: limits.PerUserCap
     budgets: budgets.DailyBudgets
     metrics: Metrics
     concurrency: AttemptObserver | None = None
@@ -133,11 +134,11 @@ class Admitted:
     """A place at the gate and among the asker's asks in flight, given back on exit."""
 
     ticket: limits.Ticket
-    slot: limits.UserHold
+    slot: UserSlot
 
-    def release(self) -> None:
+    async def release(self) -> None:
         self.ticket.cancel()
-        self.slot.release()
+        await self.slot.release()
 
 
 Prepare = Callable[[], Awaitable[Question]]
@@ -191,7 +192,7 @@ class AskPipeline:
             log.warning("%s", unanswerable)
             self._log(surface, "forbidden", received, None, None, None)
             return None
-        admitted = self._admit(surface, prompt, show_place, refusal)
+        admitted = await self._admit(surface, prompt, show_place, refusal)
         if isinstance(admitted, TurnedAway):
             await self._turn_away(surface, admitted, received)
             return None
@@ -203,14 +204,14 @@ class AskPipeline:
                 hold = await self._fair.budgets.reserve(surface.user_id, surface.guild_id, estimate)
                 if hold.exhausted is not None:
                     sentence = replies.budget_exhausted(hold.exhausted, hold.resets_at_unix)
-                    admitted.release()
+                    await admitted.release()
                     await self._turn_away(surface, TurnedAway("over_budget", sentence), received)
                     return None
                 return await self._handle(
                     surface, prompt, prepare, after, admitted, hold, received, extra_tokens
                 )
             finally:
-                admitted.release()
+                await admitted.release()
 
     async def _turn_away(self, surface: Surface, refusal: TurnedAway, received: float) -> None:
         await surface.refuse(refusal.sentence)
@@ -294,7 +295,7 @@ class AskPipeline:
             # Idempotent: a hold already settled is not counted twice.
             await hold.settle(0)
 
-    def _admit(
+    async def _admit(
         self,
         surface: Surface,
         prompt: str,
@@ -303,7 +304,9 @@ class AskPipeline:
     ) -> Admitted | TurnedAway:
         """Places at the gate and among the asker's asks, or why the ask is turned away.
 
-        Synchronous on purpose: no other ask can slip in between a check and its record.
+        Each limit decides in one step: the user limits check and record together (in
+        memory, or in one Redis script), and the gate's decision is synchronous, so no
+        other ask can slip in between a check and its record.
         """
         denied = access.refusal(self._fair.rules, surface.origin)
         if denied is not None:
@@ -316,24 +319,20 @@ class AskPipeline:
             return TurnedAway(
                 "prompt_too_long", replies.prompt_too_long(self._fair.max_prompt_chars)
             )
-        user_id = surface.user_id
-        cooldown = self._fair.cooldown
-        if cooldown is not None:
-            wait = cooldown.retry_after(user_id)
-            if wait is not None:
-                return TurnedAway("cooldown", replies.cooldown(wait))
-        slot = self._fair.per_user.try_take(user_id)
-        if slot is None:
-            return TurnedAway("too_many", replies.too_many(self._fair.per_user.max_per_user))
+        user_limits = self._fair.user_limits
+        slot = await user_limits.admit(surface.user_id)
+        if isinstance(slot, UserRefusal):
+            if slot.kind == "cooldown":
+                return TurnedAway("cooldown", replies.cooldown(slot.retry_after))
+            return TurnedAway("too_many", replies.too_many(user_limits.max_per_user))
         ticket = self._fair.gate.try_enter(on_position)
         if not isinstance(ticket, limits.Ticket):
-            slot.release()
+            # Never ran: it does not count against the cooldown. (A budget refusal
+            # later still does: the asker is refused for the day.)
+            await slot.withdraw()
             if ticket is limits.Refusal.BUSY:
                 return TurnedAway("busy", replies.BUSY)
             return TurnedAway("restarting", replies.RESTARTING)
-        if cooldown is not None:
-            # A budget refusal after this still counts here: it is refused for the day.
-            cooldown.check_and_record(user_id)
         return Admitted(ticket, slot)
 
     async def _settle(

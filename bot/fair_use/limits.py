@@ -156,6 +156,12 @@ class Cooldown:
             return None
         return live[0] + self.spec.seconds - now
 
+    def forget(self, user_id: int, at: float) -> None:
+        """Take back the ask recorded at `at` (one that was then never run)."""
+        times = self._asks.get(user_id)
+        if times is not None and at in times:
+            times.remove(at)
+
     @property
     def tracked_users(self) -> int:
         """How many users are remembered (for metrics); only those who asked recently."""
