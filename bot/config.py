@@ -116,6 +116,14 @@ class Settings:
     vision: bool | None = None
     """Whether the model sees images; `None` (VISION=auto) judges by the model's name."""
     show_reasoning: ShowReasoning = "false"
+    shard_count: int | None = None
+    """How many gateway shards the whole bot runs (None: Discord's recommendation)."""
+    shard_ids: tuple[int, ...] | None = None
+    """The shards this process runs (None: all of them)."""
+    redis_url: Secret | None = None
+    """Where state shared by several processes lives (None: SQLite and memory)."""
+    redis_timeout: float = 1.0
+    """The longest one Redis command may take before Redis counts as away."""
 
     @property
     def uses_builtin_model(self) -> bool:
@@ -145,6 +153,7 @@ def load_settings(env: Mapping[str, str], *, require_discord: bool = True) -> Se
         )
 
     models = _models(reader)
+    shard_count = reader.parse("SHARD_COUNT", _positive_int, None, "a whole number > 0")
     limits = _models_file(reader)
     pinned_concurrency = reader.parse(
         "MAX_CONCURRENT_ASKS",
@@ -222,6 +231,12 @@ def load_settings(env: Mapping[str, str], *, require_discord: bool = True) -> Se
         ),
         vision=reader.parse("VISION", _vision, None, "auto, true or false"),
         show_reasoning=reader.parse("SHOW_REASONING", _show_reasoning, "false", "false or file"),
+        shard_count=shard_count,
+        shard_ids=_shard_ids(reader, shard_count),
+        redis_url=_redis_url(reader),
+        redis_timeout=reader.parse(
+            "REDIS_TIMEOUT", _positive_float, 1.0, "a number of seconds > 0"
+        ),
     )
     if (
         settings.context_tokens is not None
@@ -236,6 +251,63 @@ def load_settings(env: Mapping[str, str], *, require_discord: bool = True) -> Se
     if reader.problems:
         raise ConfigError(reader.problems)
     return settings
+
+
+def _shard_ids(reader: _Reader, shard_count: int | None) -> tuple[int, ...] | None:
+    """SHARD_IDS such as "0,1" or "0-3" (or both: "0-3,8"), each below SHARD_COUNT."""
+    raw = reader.text("SHARD_IDS")
+    if raw is None:
+        return None
+    try:
+        ids = _id_ranges(raw)
+    except ValueError:
+        reader.problems.append(f"SHARD_IDS must be shard numbers such as 0,1 or 0-3 (got {raw!r}).")
+        return None
+    if shard_count is None:
+        reader.problems.append(
+            "SHARD_IDS needs SHARD_COUNT: the number of shards of the whole bot, "
+            "across every process."
+        )
+        return None
+    outside = [shard for shard in ids if shard >= shard_count]
+    if outside:
+        reader.problems.append(
+            f"SHARD_IDS names shard {outside[0]}, but SHARD_COUNT={shard_count} has "
+            f"shards 0 to {shard_count - 1}."
+        )
+        return None
+    return ids
+
+
+def _id_ranges(raw: str) -> tuple[int, ...]:
+    ids: list[int] = []
+    for part in raw.split(","):
+        first, dash, last = part.strip().partition("-")
+        if not first.strip().isdigit() or (dash and not last.strip().isdigit()):
+            raise ValueError(raw)
+        low = int(first)
+        high = int(last) if dash else low
+        if high < low:
+            raise ValueError(raw)
+        ids.extend(range(low, high + 1))
+    if len(set(ids)) != len(ids):
+        raise ValueError(raw)
+    return tuple(sorted(ids))
+
+
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def _redis_url(reader: _Reader) -> Secret | None:
+    # A Secret: the URL may carry Redis's password.
+    url = reader.secret("REDIS_URL")
+    if url is not None and not url.reveal().startswith(_REDIS_SCHEMES):
+        reader.problems.append(
+            "REDIS_URL must start with redis://, rediss:// or unix:// "
+            "(for example redis://localhost:6379/0)."
+        )
+        return None
+    return url
 
 
 MAX_MODEL_NAME = 100

@@ -103,3 +103,46 @@ def test_secrets_never_show_in_repr_or_str() -> None:
     assert settings.discord_token == Secret("discord-secret-token")
     assert settings.openai_api_key is not None
     assert settings.openai_api_key.reveal() == "sk-secret-key"
+
+
+@pytest.mark.parametrize(
+    ("shards", "expected"),
+    [
+        ({"SHARD_COUNT": "4"}, (4, None)),
+        ({"SHARD_COUNT": "4", "SHARD_IDS": "0,2-3"}, (4, (0, 2, 3))),
+        ({"SHARD_COUNT": "2", "SHARD_IDS": " 1 , 0 "}, (2, (0, 1))),
+        ({}, (None, None)),
+    ],
+)
+def test_shards_of_this_process(shards: dict[str, str], expected: tuple[object, object]) -> None:
+    settings = load_settings({"DISCORD_TOKEN": "t", **shards})
+    assert (settings.shard_count, settings.shard_ids) == expected
+
+
+@pytest.mark.parametrize(
+    ("shards", "problem"),
+    [
+        ({"SHARD_IDS": "0"}, "SHARD_IDS needs SHARD_COUNT"),
+        ({"SHARD_COUNT": "2", "SHARD_IDS": "0-2"}, "names shard 2, but SHARD_COUNT=2"),
+        ({"SHARD_COUNT": "2", "SHARD_IDS": "1,1"}, "SHARD_IDS must be shard numbers"),
+        ({"SHARD_COUNT": "2", "SHARD_IDS": "1-0"}, "SHARD_IDS must be shard numbers"),
+        ({"SHARD_COUNT": "2", "SHARD_IDS": "a"}, "SHARD_IDS must be shard numbers"),
+        ({"SHARD_COUNT": "0"}, "SHARD_COUNT must be a whole number > 0"),
+    ],
+)
+def test_impossible_shard_layouts_are_reported(shards: dict[str, str], problem: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings({"DISCORD_TOKEN": "t", "REDIS_URL": "nope", **shards})
+    # Reported together with the rest.
+    assert problem in str(raised.value)
+    assert "REDIS_URL must start with redis://" in str(raised.value)
+
+
+def test_the_redis_url_is_a_secret_and_its_password_never_shows() -> None:
+    settings = load_settings(
+        {"DISCORD_TOKEN": "t", "REDIS_URL": "redis://:hunter2@cache:6379/0", "REDIS_TIMEOUT": "2.5"}
+    )
+    assert settings.redis_url is not None
+    assert settings.redis_url.reveal() == "redis://:hunter2@cache:6379/0"
+    assert "hunter2" not in repr(settings)
+    assert settings.redis_timeout == 2.5
