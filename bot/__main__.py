@@ -180,7 +180,7 @@ async def run_bot(settings: Settings, stop: asyncio.Event | None = None) -> int:
         except discord.PrivilegedIntentsRequired:
             log.error("Discord refused a privileged intent this bot does not need")
             return EXIT_FAILURE
-        except Exception as error:
+        except (Exception, _GatewayUnreachable) as error:
             unreachable = discord_unreachable(error)
             if unreachable is None:
                 raise
@@ -381,8 +381,12 @@ async def _clear_guild_copies(bot: AskBot, guild_id: int) -> None:
     )
 
 
-class _GatewayUnreachable(Exception):
-    """The first gateway connection failed; its cause is the network error."""
+class _GatewayUnreachable(BaseException):
+    """The first gateway connection failed; its cause is the network error.
+
+    A BaseException on purpose: discord.py's shard launcher retries every `Exception`
+    forever, five seconds apart, with a traceback each time; this one must end the start.
+    """
 
 
 def _fail_fast_on_first_gateway_connect(bot: AskBot) -> None:

@@ -353,12 +353,24 @@ async def test_discord_unreachable_exits_1_with_one_line_naming_discord_and_the_
     assert bot.errors == ""
 
 
+@pytest.mark.parametrize("shard_count", ["", "2"])
 async def test_an_unreachable_gateway_exits_1_with_one_line(
-    fake_discord: FakeDiscord, fake_openai: FakeOpenAI, tmp_path: Path, closed_port: int
+    fake_discord: FakeDiscord,
+    fake_openai: FakeOpenAI,
+    tmp_path: Path,
+    closed_port: int,
+    shard_count: str,
 ) -> None:
     nowhere = f"127.0.0.1:{closed_port}"
+    # Where Discord says its gateway is (the bot asks when it picks its shard count), and
+    # where discord.py looks with a fixed count.
+    fake_discord.advertised_gateway_url = f"ws://{nowhere}/"
     settings = settings_for(
-        fake_discord, fake_openai, tmp_path, FAKE_DISCORD_GATEWAY=f"ws://{nowhere}/"
+        fake_discord,
+        fake_openai,
+        tmp_path,
+        FAKE_DISCORD_GATEWAY=f"ws://{nowhere}/",
+        SHARD_COUNT=shard_count,
     )
     async with launched(fake_discord, settings, tmp_path) as bot:
         status = await bot.exit_status()

@@ -25,6 +25,7 @@ from bot.discord_app.ask import Ask, AskWithModel
 from bot.discord_app.ask_about import ask_about_menu
 from bot.discord_app.conversations import Conversations
 from bot.discord_app.follow_up import FollowUpButton
+from bot.discord_app.identify import IdentifyTurns, LocalIdentifyTurns, bucket_of
 from bot.discord_app.pacing import ChannelPacer
 from bot.discord_app.pipeline import AskPipeline, FairUse
 from bot.discord_app.settings_command import SettingsCommand
@@ -34,8 +35,13 @@ from bot.model.llm import Completer
 log = logging.getLogger(__name__)
 
 
-class AskBot(commands.Bot):
-    """Answers `/ask`, follow-ups by button, and replies to its answers."""
+class AskBot(commands.AutoShardedBot):
+    """Answers `/ask`, follow-ups by button, and replies to its answers.
+
+    It runs the gateway shards SHARD_IDS of SHARD_COUNT, or, with neither set, as many as
+    Discord recommends, all in this process. Each IDENTIFY waits for its turn in
+    `identify_turns`, shared by every process of the bot when they share Redis.
+    """
 
     def __init__(
         self,
@@ -46,6 +52,7 @@ class AskBot(commands.Bot):
         counter: TokenCounter,
         *,
         settings_store: SettingsStore,
+        identify_turns: IdentifyTurns | None = None,
         sync_on_start: bool = True,
     ) -> None:
         dms = settings.allow_dms
@@ -67,7 +74,12 @@ class AskBot(commands.Bot):
             # works wherever they are and apps are allowed (access rules still apply).
             allowed_installs=app_commands.AppInstallationType(guild=True, user=True),
             http_trace=fair_use.metrics.discord_trace(),
+            shard_count=settings.shard_count,
         )
+        # Set here rather than passed: discord.py's options type has no "all of them".
+        self.shard_ids = list(settings.shard_ids) if settings.shard_ids is not None else None
+        self._identify_turns = identify_turns or LocalIdentifyTurns()
+        self._max_concurrency: int | None = None
         self._fair_use = fair_use
         self._settings = settings
         self._completer = completer
@@ -115,11 +127,43 @@ class AskBot(commands.Bot):
         )
         self.tree.add_command(ask_about_menu(conversations))
         guild_id = self._settings.discord_guild_id
-        if self._sync_on_start and guild_id is not None:
+        if self._sync_on_start and guild_id is not None and self._runs_shard_of(guild_id):
             guild = discord.Object(id=guild_id)
             self.tree.copy_global_to(guild=guild)
             synced = await self.tree.sync(guild=guild)
             log.info("synced %d command(s) to guild %s", len(synced), guild_id)
+
+    def _runs_shard_of(self, guild_id: int) -> bool:
+        """Whether this process runs the shard of `guild_id` (so one process of several
+        syncs that server's commands). Unknown until connected when Discord picks the
+        count, but then this process runs every shard."""
+        ids, count = self._settings.shard_ids, self._settings.shard_count
+        return ids is None or count is None or (guild_id >> 22) % count in ids
+
+    async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
+        """Wait for this shard's turn in its rate-limit bucket (see `bot.discord_app.identify`).
+
+        discord.py's own hook sleeps 5 s before every IDENTIFY but the first of this
+        process, which neither lets large bots start shards together nor keeps several
+        processes apart.
+        """
+        if self._max_concurrency is None:
+            self._max_concurrency = await self._fetch_max_concurrency()
+        await self._identify_turns.wait_turn(bucket_of(shard_id or 0, self._max_concurrency))
+
+    async def _fetch_max_concurrency(self) -> int:
+        try:
+            _, _, limit = await self.http.get_bot_gateway()
+        except discord.DiscordException as error:
+            log.warning("could not read Discord's session start limit (%s); assuming 1", error)
+            return 1
+        remaining = limit.get("remaining")
+        if remaining == 0:
+            log.error(
+                "Discord allows no more session starts today; they reset in %d s",
+                limit.get("reset_after", 0) // 1000,
+            )
+        return max(1, int(limit.get("max_concurrency", 1)))
 
     def _offered_models(self) -> tuple[str, ...]:
         # The built-in model answers under its own name, whatever OPENAI_MODEL says.
@@ -148,4 +192,12 @@ class AskBot(commands.Bot):
             log.exception("unexpected error answering message %s", message.id)
 
     async def on_ready(self) -> None:
-        log.info("connected to Discord as %s (%s guilds)", self.user, len(self.guilds))
+        """Every shard of this process is connected."""
+        shards = ",".join(str(shard) for shard in sorted(self.shards))
+        log.info(
+            "connected to Discord as %s (%s guilds, shards %s of %s)",
+            self.user,
+            len(self.guilds),
+            shards,
+            self.shard_count,
+        )

@@ -126,13 +126,15 @@ class FakeDiscord:
             heartbeat_interval_ms=heartbeat_interval_ms,
             on_change=self.world.changes.notify,
         )
+        self.advertised_gateway_url: str | None = None
+        """What GET /gateway and /gateway/bot give as the gateway (None: this fake's)."""
         self.rest = Rest(
             self.world,
             token=token,
             limits=self.limits,
             limiter=RateLimiter(self.clock),
             spec=self.spec,
-            gateway_url=lambda: self.gateway_url.rstrip("/"),
+            gateway_url=lambda: (self.advertised_gateway_url or self.gateway_url).rstrip("/"),
             application_flags=lambda: self.gateway.application_flags,
             identify_count=lambda: len(self.gateway.identifies),
             content_intent=lambda: bool(self.gateway.enabled_intents & MESSAGE_CONTENT),
