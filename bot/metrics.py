@@ -55,6 +55,16 @@ class Metrics:
             "Model calls allowed at once now (adaptive unless pinned).",
             registry=self.registry,
         )
+        self.redis_up = Gauge(
+            "bot_redis_up",
+            "1 while Redis (REDIS_URL) answers, 0 while this process uses its own stores.",
+            registry=self.registry,
+        )
+        self.redis_fallbacks = Counter(
+            "bot_redis_fallbacks",
+            "Store calls served by this process's own stores because Redis was away.",
+            registry=self.registry,
+        )
         self.discord_429s = Counter(
             "bot_discord_rate_limited",
             "Discord responses with status 429.",

@@ -38,12 +38,17 @@ def effective_prompt(settings: ServerSettings, channel_id: int, default: str) ->
     return settings.channel_prompts.get(channel_id) or settings.system_prompt or default
 
 
+class SettingsUnavailable(Exception):
+    """The settings cannot be changed now (their shared store is unreachable)."""
+
+
 class SettingsStore(Protocol):
     """The settings of every server, written by its admins through `/settings`.
 
     Every write is atomic and records who made it (`by`, a user id). Text is stored exactly
     as given: what is shown back is what was saved. A shared store fits Redis as one hash
     per server (`settings:<guild id>`, fields `model`, `prompt` and `prompt:<channel id>`).
+    A write may raise `SettingsUnavailable` when the store cannot take it now.
     """
 
     async def server(self, guild_id: int) -> ServerSettings:
