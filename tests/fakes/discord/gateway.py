@@ -394,10 +394,9 @@ class Gateway:
         """The bot joined ``guild_id``: GUILD_CREATE to the sessions on its shard.
         Returns how many sessions it went to."""
         sessions = [s for s in self._sessions.values() if self._routes_to(s, guild_id)]
+        # With none, it is no loss: the guild is in the next READY of its shard.
         for session in sessions:
             self._send_guild_create(session, guild_id)
-        if not sessions:
-            self.dropped.append(("GUILD_CREATE", {"id": str(guild_id)}))
         return len(sessions)
 
     def _resume(self, connection: _Connection, data: Any) -> None:
