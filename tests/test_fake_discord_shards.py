@@ -362,11 +362,17 @@ class WhereBot(discord.AutoShardedClient):
     past the window instead of sleeping.
     """
 
-    def __init__(self, fake: FakeDiscord, name: str, shard_ids: list[int]) -> None:
+    def __init__(
+        self,
+        fake: FakeDiscord,
+        name: str,
+        shard_ids: list[int] | None,
+        shard_count: int | None = 2,
+    ) -> None:
         super().__init__(
             intents=discord.Intents.default(),
             shard_ids=shard_ids,
-            shard_count=2,
+            shard_count=shard_count,
             allowed_mentions=discord.AllowedMentions.none(),
             guild_ready_timeout=0.01,
         )
@@ -452,3 +458,33 @@ async def test_two_clients_on_one_shard_each_see_and_answer_only_their_guilds() 
         # Each IDENTIFY had a bucket to itself: nobody was told to wait.
         assert fake.gateway.identify_rate_limited == []
         assert fake.gateway.dropped == []
+
+
+async def test_an_auto_sharded_client_without_a_count_runs_the_recommended_shards() -> None:
+    async with running_fake(commands=[WHERE], recommended_shards=2, max_concurrency=2) as fake:
+        one = fake.add_guild_on_shard(1, 2)
+        client = WhereBot(fake, "auto", None, None)
+        async with running_shards(client, fake, [0, 1]):
+            assert client.shard_count == 2
+            assert fake.gateway.ready_shards() == {(0, 2), (1, 2)}
+            assert await ask_where(fake, one) == f"auto in {one}"
+        assert fake.gateway.identify_rate_limited == []
+
+
+async def test_a_new_role_is_announced_in_every_guild_on_its_shard(
+    http: aiohttp.ClientSession,
+) -> None:
+    async with running_fake(max_concurrency=2) as fake:
+        fake.add_guild_on_shard(0, 2)
+        fake.add_guild_on_shard(1, 2)
+        async with connected(http, fake) as zero, connected(http, fake) as one:
+            await ready_guilds(zero, await zero.identify(fake, [0, 2]))
+            await ready_guilds(one, await one.identify(fake, [1, 2]))
+            role_id = fake.add_role("mods", 0, [fake.user])
+            for shard_id, shard in ((0, zero), (1, one)):
+                announced = set()
+                for _ in on_shard(fake, shard_id, 2):
+                    name, data = await shard.event()
+                    assert (name, data["role"]["id"]) == ("GUILD_ROLE_CREATE", str(role_id))
+                    announced.add(int(data["guild_id"]))
+                assert announced == on_shard(fake, shard_id, 2)

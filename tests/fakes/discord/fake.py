@@ -10,7 +10,8 @@ Discord itself would (:meth:`FakeDiscord.delete_message`, :meth:`FakeDiscord.set
 every request the bot made (:attr:`FakeDiscord.calls`).
 
 The fake enforces what Discord enforces; see the modules for each rule:
-``gateway`` (handshake, close codes, resume, intents, MESSAGE_CONTENT), ``rest`` (auth,
+``gateway`` (handshake, close codes, resume, intents, MESSAGE_CONTENT, sharding and the
+IDENTIFY rate limit), ``rest`` (auth,
 routes, interactions, replies, permissions), ``rules`` (message, modal and command
 limits), ``ratelimit`` (buckets and 429s), ``faults`` (scripted failures) and ``spec``
 (the OpenAPI check of every body).
@@ -413,14 +414,16 @@ class FakeDiscord:
 
     def add_role(self, name: str, permissions: int, members: Sequence[User]) -> int:
         """The server's admins create a role with ``permissions`` and give it to ``members``;
-        GUILD_ROLE_CREATE goes to sessions with GUILDS. Returns the role's id."""
+        GUILD_ROLE_CREATE goes to sessions with GUILDS. Every guild of the bot shares the
+        first guild's roles, so each of them announces it. Returns the role's id."""
         world = self.world
         role = Role(world.snowflakes.next(), name, permissions, len(world.roles))
         world.roles.append(role)
         for member in members:
             world.members[member.id].role_ids.append(role.id)
-        payload = {"guild_id": str(world.guild_id), "role": role_payload(role)}
-        self.gateway.dispatch("GUILD_ROLE_CREATE", payload, intent=GUILDS, guild_id=world.guild_id)
+        for guild_id in world.guilds:
+            payload = {"guild_id": str(guild_id), "role": role_payload(role)}
+            self.gateway.dispatch("GUILD_ROLE_CREATE", payload, intent=GUILDS, guild_id=guild_id)
         world.changes.notify()
         return role.id
 
