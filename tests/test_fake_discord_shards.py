@@ -369,12 +369,17 @@ class WhereBot(discord.AutoShardedClient):
         shard_ids: list[int] | None,
         shard_count: int | None = 2,
     ) -> None:
+        # Without ids or a count, discord.py asks /gateway/bot how many shards to run.
+        layout: dict[str, Any] = {}
+        if shard_ids is not None:
+            layout["shard_ids"] = shard_ids
+        if shard_count is not None:
+            layout["shard_count"] = shard_count
         super().__init__(
             intents=discord.Intents.default(),
-            shard_ids=shard_ids,
-            shard_count=shard_count,
             allowed_mentions=discord.AllowedMentions.none(),
             guild_ready_timeout=0.01,
+            **layout,
         )
         self.fake = fake
         self.name = name
