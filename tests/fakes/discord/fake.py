@@ -82,8 +82,9 @@ DIRECT_MESSAGE_TYPING = 1 << 14
 
 
 class FakeDiscord:
-    """One application with its bot user, in one guild with one text channel "general",
-    with a few people (``user_names``) who can run the bot's commands.
+    """One application with its bot user, in one guild with one text channel "general"
+    (more guilds, alike, through :meth:`add_guild` and :meth:`add_guild_on_shard`), with a
+    few people (``user_names``) who can run the bot's commands.
 
     ``privileged_intents`` are the privileged gateway intents the application has enabled
     (an IDENTIFY asking for others is closed with 4014). ``commands`` are global commands
