@@ -7,8 +7,8 @@ from .clock import Clock
 from .errors import DiscordError
 from .fake import DEFAULT_TOKEN, FakeDiscord
 from .faults import Fault, Scope
-from .gateway import MESSAGE_CONTENT
-from .interactions import InteractionHandle, Upload
+from .gateway import IDENTIFY_WINDOW, MAX_GUILDS_PER_SHARD, MESSAGE_CONTENT
+from .interactions import InteractionHandle, Undelivered, Upload
 from .mentions import Mentions
 from .ratelimit import Limit, RateLimits
 from .redirect import point_discord_py_at, set_discord_py_urls
@@ -23,6 +23,7 @@ from .rest import (
     WEBHOOK_ORIGINAL,
     Call,
 )
+from .snowflake import guild_id_on_shard, shard_of
 from .spec import SPEC_PATH, SpecViolation, spec_available
 from .state import (
     MANAGE_MESSAGES,
@@ -41,7 +42,9 @@ __all__ = [
     "CHANNEL_MESSAGES",
     "DEFAULT_TOKEN",
     "FOLLOWUP",
+    "IDENTIFY_WINDOW",
     "MANAGE_MESSAGES",
+    "MAX_GUILDS_PER_SHARD",
     "MESSAGE_CONTENT",
     "READ_MESSAGE_HISTORY",
     "SEND_MESSAGES",
@@ -64,10 +67,13 @@ __all__ = [
     "RateLimits",
     "Scope",
     "SpecViolation",
+    "Undelivered",
     "Upload",
     "User",
     "VisibleMessage",
+    "guild_id_on_shard",
     "point_discord_py_at",
     "set_discord_py_urls",
+    "shard_of",
     "spec_available",
 ]

@@ -10,7 +10,8 @@ Discord itself would (:meth:`FakeDiscord.delete_message`, :meth:`FakeDiscord.set
 every request the bot made (:attr:`FakeDiscord.calls`).
 
 The fake enforces what Discord enforces; see the modules for each rule:
-``gateway`` (handshake, close codes, resume, intents, MESSAGE_CONTENT), ``rest`` (auth,
+``gateway`` (handshake, close codes, resume, intents, MESSAGE_CONTENT, sharding and the
+IDENTIFY rate limit), ``rest`` (auth,
 routes, interactions, replies, permissions), ``rules`` (message, modal and command
 limits), ``ratelimit`` (buckets and 429s), ``faults`` (scripted failures) and ``spec``
 (the OpenAPI check of every body).
@@ -30,7 +31,7 @@ from . import rules
 from .clock import Clock
 from .errors import DiscordError
 from .faults import Failure, Fault, Scope, rate_limited, server_error
-from .gateway import MESSAGE_CONTENT, Gateway
+from .gateway import IDENTIFY_WINDOW, MESSAGE_CONTENT, Gateway
 from .interactions import (
     InteractionHandle,
     OptionValue,
@@ -81,14 +82,21 @@ DIRECT_MESSAGE_TYPING = 1 << 14
 
 
 class FakeDiscord:
-    """One application with its bot user, in one guild with one text channel "general",
-    with a few people (``user_names``) who can run the bot's commands.
+    """One application with its bot user, in one guild with one text channel "general"
+    (more guilds, alike, through :meth:`add_guild` and :meth:`add_guild_on_shard`), with a
+    few people (``user_names``) who can run the bot's commands.
 
     ``privileged_intents`` are the privileged gateway intents the application has enabled
     (an IDENTIFY asking for others is closed with 4014). ``commands`` are global commands
     already registered, as if by an earlier deploy. ``spec_path=None`` turns the OpenAPI
     check off; it is off anyway when the description is absent (:attr:`spec_checked`).
     ``wait_timeout`` bounds every wait a test does on the fake.
+
+    Sharding: ``recommended_shards`` and ``max_concurrency`` are what ``GET /gateway/bot``
+    answers (``shards`` and ``session_start_limit.max_concurrency``); the gateway lets each
+    bucket ``shard_id % max_concurrency`` IDENTIFY once per ``identify_window`` seconds of
+    :attr:`clock` (see :mod:`~tests.fakes.discord.gateway`). More guilds:
+    :meth:`add_guild`, :meth:`add_guild_on_shard`.
     """
 
     def __init__(
@@ -106,8 +114,14 @@ class FakeDiscord:
         heartbeat_interval_ms: int = 41_250,
         commands: Sequence[dict[str, object]] = (),
         wait_timeout: float = 10.0,
+        recommended_shards: int = 1,
+        max_concurrency: int = 1,
+        identify_window: float = IDENTIFY_WINDOW,
     ) -> None:
+        if recommended_shards < 1:
+            raise ValueError("recommended_shards is at least 1")
         self.token = token
+        self.recommended_shards = recommended_shards
         self.clock = clock or Clock()
         self.limits = limits or RateLimits()
         self.world = World(
@@ -125,6 +139,9 @@ class FakeDiscord:
             enabled_intents=privileged_intents,
             heartbeat_interval_ms=heartbeat_interval_ms,
             on_change=self.world.changes.notify,
+            clock=self.clock,
+            max_concurrency=max_concurrency,
+            identify_window=identify_window,
         )
         self.advertised_gateway_url: str | None = None
         """What GET /gateway and /gateway/bot give as the gateway (None: this fake's)."""
@@ -138,6 +155,8 @@ class FakeDiscord:
             application_flags=lambda: self.gateway.application_flags,
             identify_count=lambda: len(self.gateway.identifies),
             content_intent=lambda: bool(self.gateway.enabled_intents & MESSAGE_CONTENT),
+            recommended_shards=lambda: self.recommended_shards,
+            max_concurrency=lambda: self.gateway.max_concurrency,
         )
         self.world.on_message_event = self._publish_message
         self.world.on_typing = self._publish_typing
@@ -261,6 +280,32 @@ class FakeDiscord:
     def external_apps_public(self, value: bool) -> None:
         self.world.external_apps_public = value
 
+    @property
+    def guild_ids(self) -> list[int]:
+        """Every guild the bot is in, the first one first."""
+        return list(self.world.guilds)
+
+    def add_guild(self, name: str = "Another Server", *, guild_id: int | None = None) -> int:
+        """The bot joins a guild ``name`` (id ``guild_id``, or the next snowflake) with one
+        text channel "general" (:meth:`guild_channel_id`) and the first guild's people and
+        roles; GUILD_CREATE goes to the sessions on its shard. Returns its id."""
+        guild = self.world.add_guild(name, guild_id=guild_id)
+        self.gateway.guild_joined(guild.id)
+        self.world.changes.notify()
+        return guild.id
+
+    def add_guild_on_shard(
+        self, shard_id: int, shard_count: int, *, name: str = "Another Server"
+    ) -> int:
+        """:meth:`add_guild` with an id (a realistic snowflake) whose events go to shard
+        ``shard_id`` of ``shard_count``."""
+        guild_id = self.world.snowflakes.next_on_shard(shard_id, shard_count)
+        return self.add_guild(name, guild_id=guild_id)
+
+    def guild_channel_id(self, guild_id: int) -> int:
+        """The text channel "general" of the bot's guild ``guild_id``."""
+        return self.world.guild(guild_id).channel_id
+
     def dm_channel_id(self, user: User | None = None) -> int:
         return self.world.dm_channel(user or self.user).id
 
@@ -372,14 +417,16 @@ class FakeDiscord:
 
     def add_role(self, name: str, permissions: int, members: Sequence[User]) -> int:
         """The server's admins create a role with ``permissions`` and give it to ``members``;
-        GUILD_ROLE_CREATE goes to sessions with GUILDS. Returns the role's id."""
+        GUILD_ROLE_CREATE goes to sessions with GUILDS. Every guild of the bot shares the
+        first guild's roles, so each of them announces it. Returns the role's id."""
         world = self.world
         role = Role(world.snowflakes.next(), name, permissions, len(world.roles))
         world.roles.append(role)
         for member in members:
             world.members[member.id].role_ids.append(role.id)
-        payload = {"guild_id": str(world.guild_id), "role": role_payload(role)}
-        self.gateway.dispatch("GUILD_ROLE_CREATE", payload, intent=GUILDS, guild_id=world.guild_id)
+        for guild_id in world.guilds:
+            payload = {"guild_id": str(guild_id), "role": role_payload(role)}
+            self.gateway.dispatch("GUILD_ROLE_CREATE", payload, intent=GUILDS, guild_id=guild_id)
         world.changes.notify()
         return role.id
 
@@ -556,9 +603,12 @@ class FakeDiscord:
         world = self.world
         interaction = world.interactions[interaction_id]
         interaction.payload = interaction_payload(world, interaction, data)
-        self.gateway.dispatch(
-            "INTERACTION_CREATE", interaction.payload, guild_id=interaction.guild_id
+        # A guild the bot is not in reaches it through a user install: shard 0, as a DM.
+        guild_id = interaction.guild_id if interaction.guild_id in world.guilds else None
+        sessions = self.gateway.dispatch(
+            "INTERACTION_CREATE", interaction.payload, guild_id=guild_id
         )
+        interaction.delivered = sessions > 0
         world.changes.notify()
         return InteractionHandle(world, interaction)
 
@@ -733,6 +783,11 @@ class FakeDiscord:
         """Return once a client has identified and been sent READY."""
         await self.wait_for(lambda: self.gateway.readies_sent > 0)
 
+    async def shard_ready(self, shard_id: int, shard_count: int) -> None:
+        """Return once a connection of shard ``shard_id`` of ``shard_count`` is open and has
+        been sent READY (an unsharded session is shard 0 of 1)."""
+        await self.wait_for(lambda: (shard_id, shard_count) in self.gateway.ready_shards())
+
     def _describe(self) -> str:
         recent = ", ".join(f"{c.method} {c.route} -> {c.status}" for c in self.calls[-5:])
         return f"last requests: {recent or 'none'}"
@@ -742,7 +797,7 @@ class FakeDiscord:
     def _publish_message(self, event: str, message: Message) -> None:
         world = self.world
         channel = world.channels[message.channel_id]
-        if channel.guild_id not in (None, world.guild_id) or channel.type == GROUP_DM:
+        if channel.guild_id not in (None, *world.guilds) or channel.type == GROUP_DM:
             return  # the bot gets no events of a server or group DM it is not in
         if event == "MESSAGE_DELETE":
             data: dict[str, object] = {"id": str(message.id), "channel_id": str(channel.id)}
@@ -759,7 +814,7 @@ class FakeDiscord:
 
     def _publish_typing(self, channel: Channel, user: User) -> None:
         world = self.world
-        if channel.guild_id not in (None, world.guild_id) or channel.type == GROUP_DM:
+        if channel.guild_id not in (None, *world.guilds) or channel.type == GROUP_DM:
             return
         data: dict[str, object] = {
             "channel_id": str(channel.id),

@@ -5,7 +5,17 @@ RESUME (the events it missed, then RESUMED). Heartbeats are acknowledged at any 
 Discord's close codes are enforced: 4004 bad token, 4014 a privileged intent the
 application has not enabled, 4013 unknown intent bits, 4003 anything before identifying,
 4005 identifying twice, 4001 unknown opcode, 4002 undecodable or oversized (> 4096 byte)
-payloads, 4012 an API version other than 10, 4010 an invalid shard.
+payloads, 4012 an API version other than 10, 4010 an invalid shard, 4011 too few shards
+for the application's guilds (more than :data:`MAX_GUILDS_PER_SHARD` per shard).
+
+Sharding: a session with ``shard=[id, count]`` gets READY and GUILD_CREATE for the guilds
+on its shard only (``(guild_id >> 22) % count``), and their events; DMs and other events
+outside guilds go to shard 0. An event whose shard no session owns is dropped, as Discord
+drops it (:attr:`Gateway.dropped`). Sessions of one bot may use different shard counts at
+once, as they do while resharding. IDENTIFY is rate limited as Discord limits it: one per
+``identify_window`` seconds (5) in each bucket ``shard_id % max_concurrency``; one over the
+limit is answered op 9 INVALID_SESSION (``d: false``) and recorded in
+:attr:`Gateway.identify_rate_limited`.
 
 With ``compress=zlib-stream`` the whole connection is one zlib stream: every message is
 compressed by the same compressor and flushed with Z_SYNC_FLUSH, so each ends in
@@ -29,6 +39,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from .clock import Clock
 from .errors import JsonObject
 from .payloads import current_user_payload, guild_create_payload, member_payload
 from .state import World
@@ -51,6 +62,10 @@ PRIVILEGED_INTENTS = GUILD_MEMBERS | GUILD_PRESENCES | MESSAGE_CONTENT
 KNOWN_INTENTS = sum(1 << bit for bit in (*range(17), 20, 21, 24, 25))
 
 MAX_PAYLOAD_BYTES = 4096
+# Discord requires sharding past this many guilds per shard (close 4011).
+MAX_GUILDS_PER_SHARD = 2500
+# Each rate-limit bucket (``shard_id % max_concurrency``) may IDENTIFY once per window.
+IDENTIFY_WINDOW = 5.0
 
 
 @dataclass(frozen=True)
@@ -86,6 +101,12 @@ class _Session:
     seq: int = 0
     log: list[JsonObject] = field(default_factory=list)
     connection: _Connection | None = None
+    ready: bool = False  # READY has been written to a connection
+
+    @property
+    def shard_pair(self) -> tuple[int, int]:
+        """The shard as Discord sees it: no shard is shard 0 of 1."""
+        return self.shard if self.shard is not None else (0, 1)
 
 
 class Gateway:
@@ -95,8 +116,12 @@ class Gateway:
     (every event sent, with its data; :meth:`events` filters it), :attr:`resumes`,
     :attr:`readies_sent`, :attr:`heartbeats`, :attr:`connected`,
     :attr:`connection_queries` (each connection's query string), :attr:`server_close_codes`
-    (codes the fake closed with), :attr:`client_close_codes` (codes clients closed with)
-    and :attr:`presence_updates`.
+    (codes the fake closed with), :attr:`client_close_codes` (codes clients closed with),
+    :attr:`presence_updates`, :attr:`identify_rate_limited` (the shard id of each IDENTIFY
+    answered op 9 for breaking the rate limit), :attr:`dropped` (events no session owned)
+    and :meth:`connected_shards` / :meth:`ready_shards`.
+
+    ``max_concurrency`` and ``identify_window`` may be changed between connections.
     """
 
     def __init__(
@@ -107,8 +132,20 @@ class Gateway:
         enabled_intents: int,
         heartbeat_interval_ms: int,
         on_change: Callable[[], None],
+        clock: Clock | None = None,
+        max_concurrency: int = 1,
+        identify_window: float = IDENTIFY_WINDOW,
     ) -> None:
+        if max_concurrency < 1:
+            raise ValueError("max_concurrency is at least 1")
         self._world = world
+        self._clock = clock or world.clock
+        self.max_concurrency = max_concurrency
+        self.identify_window = identify_window
+        # When each rate-limit bucket last accepted an IDENTIFY, on the fake's clock.
+        self._last_identify: dict[int, float] = {}
+        self.identify_rate_limited: list[int] = []
+        self.dropped: list[tuple[str, JsonObject]] = []
         self._token = token
         self._enabled_intents = enabled_intents
         self._heartbeat_interval_ms = heartbeat_interval_ms
@@ -137,6 +174,23 @@ class Gateway:
     def connected(self) -> int:
         """Connections that have identified or resumed and are still open."""
         return sum(1 for c in self._connections if c.session is not None and not c.closing)
+
+    def connected_shards(self) -> set[tuple[int, int]]:
+        """``(shard_id, shard_count)`` of every open, identified or resumed connection
+        (a session without a shard counts as ``(0, 1)``)."""
+        return {
+            c.session.shard_pair
+            for c in self._connections
+            if c.session is not None and not c.closing
+        }
+
+    def ready_shards(self) -> set[tuple[int, int]]:
+        """The :meth:`connected_shards` whose session has been sent READY."""
+        return {
+            c.session.shard_pair
+            for c in self._connections
+            if c.session is not None and c.session.ready and not c.closing
+        }
 
     # Serving a connection
 
@@ -203,6 +257,8 @@ class Gateway:
                 return  # the client went away; its session log keeps the event
             if item.get("t") == "READY":
                 self.readies_sent += 1
+                if connection.session is not None:
+                    connection.session.ready = True
                 self._on_change()
 
     def _detach(self, connection: _Connection, *, by_client: bool) -> None:
@@ -272,6 +328,14 @@ class Gateway:
         ):
             connection.close(4010, "Invalid shard.")
             return
+        world = self._world
+        shard_count = shard[1] if shard is not None else 1
+        if len(world.guilds) > MAX_GUILDS_PER_SHARD * shard_count:
+            connection.close(4011, "Sharding required.")
+            return
+        if not self._may_identify(shard[0] if shard is not None else 0):
+            connection.send(_frame(INVALID_SESSION, False))
+            return
         session = _Session(
             id=secrets.token_hex(16),
             intents=intents,
@@ -281,12 +345,11 @@ class Gateway:
         session.connection = connection
         connection.session = session
         self.identifies.append(data)
-        world = self._world
-        guild_here = self._routes_to(session, world.guild_id)
+        here = [guild_id for guild_id in world.guilds if self._routes_to(session, guild_id)]
         ready: JsonObject = {
             "v": 10,
             "user": current_user_payload(world.bot),
-            "guilds": [{"id": str(world.guild_id), "unavailable": True}] if guild_here else [],
+            "guilds": [{"id": str(guild_id), "unavailable": True} for guild_id in here],
             "session_id": session.id,
             "session_type": "normal",
             "resume_gateway_url": self.resume_url,
@@ -302,14 +365,39 @@ class Gateway:
         if session.shard is not None:
             ready["shard"] = list(session.shard)
         self._send_to(session, "READY", ready)
-        if guild_here:
-            # Without GUILD_PRESENCES Discord sends only the bot's own member.
-            members = [
-                member
-                for member in world.members.values()
-                if intents & GUILD_PRESENCES or member.user.id == world.bot.id
-            ]
-            self._send_to(session, "GUILD_CREATE", guild_create_payload(world, members=members))
+        for guild_id in here:
+            self._send_guild_create(session, guild_id)
+
+    def _may_identify(self, shard_id: int) -> bool:
+        """Take the IDENTIFY slot of ``shard_id``'s bucket, or record that it is taken."""
+        bucket = shard_id % self.max_concurrency
+        now = self._clock.monotonic()
+        last = self._last_identify.get(bucket)
+        if last is not None and now - last < self.identify_window:
+            self.identify_rate_limited.append(shard_id)
+            return False
+        self._last_identify[bucket] = now
+        return True
+
+    def _send_guild_create(self, session: _Session, guild_id: int) -> None:
+        world = self._world
+        # Without GUILD_PRESENCES Discord sends only the bot's own member.
+        members = [
+            member
+            for member in world.members.values()
+            if session.intents & GUILD_PRESENCES or member.user.id == world.bot.id
+        ]
+        payload = guild_create_payload(world, guild_id, members=members)
+        self._send_to(session, "GUILD_CREATE", payload)
+
+    def guild_joined(self, guild_id: int) -> int:
+        """The bot joined ``guild_id``: GUILD_CREATE to the sessions on its shard.
+        Returns how many sessions it went to."""
+        sessions = [s for s in self._sessions.values() if self._routes_to(s, guild_id)]
+        # With none, it is no loss: the guild is in the next READY of its shard.
+        for session in sessions:
+            self._send_guild_create(session, guild_id)
+        return len(sessions)
 
     def _resume(self, connection: _Connection, data: Any) -> None:
         if connection.session is not None:
@@ -335,7 +423,10 @@ class Gateway:
 
     def _request_members(self, session: _Session, data: Any) -> None:
         world = self._world
-        if not isinstance(data, dict) or str(data.get("guild_id")) != str(world.guild_id):
+        if not isinstance(data, dict):
+            return
+        guild_id = next((g for g in world.guilds if str(g) == str(data.get("guild_id"))), None)
+        if guild_id is None or not self._routes_to(session, guild_id):
             return
         if not session.intents & GUILD_MEMBERS and not data.get("user_ids"):
             if session.connection is not None:
@@ -349,7 +440,7 @@ class Gateway:
             if (not wanted or member.user.id in wanted) and member.user.username.startswith(query)
         ]
         chunk: JsonObject = {
-            "guild_id": str(world.guild_id),
+            "guild_id": str(guild_id),
             "members": members,
             "chunk_index": 0,
             "chunk_count": 1,
@@ -380,22 +471,26 @@ class Gateway:
         intent: int = 0,
         guild_id: int | None = None,
         without_content: JsonObject | None = None,
-    ) -> None:
+    ) -> int:
         """Send a DISPATCH to every session subscribed by ``intent`` (0: to all) on the
         shard that owns ``guild_id`` (shard 0 for events outside guilds).
 
         Sessions that did not identify with MESSAGE_CONTENT get ``without_content``
-        instead, when given.
+        instead, when given. Returns how many sessions owned the shard (a session away
+        from its connection counts: it gets the event on RESUME); with none, the event is
+        recorded in :attr:`dropped`.
         """
-        for session in list(self._sessions.values()):
+        owners = [s for s in self._sessions.values() if self._routes_to(s, guild_id)]
+        if not owners:
+            self.dropped.append((event, data))
+        for session in owners:
             if intent and not session.intents & intent:
-                continue
-            if not self._routes_to(session, guild_id):
                 continue
             if without_content is not None and not session.intents & MESSAGE_CONTENT:
                 self._send_to(session, event, without_content)
             else:
                 self._send_to(session, event, data)
+        return len(owners)
 
     def events(self, event: str) -> list[JsonObject]:
         """The data of every ``event`` dispatched so far, to any session."""

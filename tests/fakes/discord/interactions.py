@@ -321,11 +321,16 @@ def modal_submit_data(modal: JsonObject, values: Mapping[str, str]) -> JsonObjec
     return {"custom_id": modal["custom_id"], "components": components}
 
 
+class Undelivered(LookupError):
+    """The interaction reached no gateway session: no bot owned its guild's shard."""
+
+
 class InteractionHandle:
     """A test's view of one interaction: await its acknowledgement and answer, read its messages.
 
     The waits return as soon as the fake's state satisfies them; the fake's
-    ``wait_timeout`` only stops a test that would otherwise hang.
+    ``wait_timeout`` only stops a test that would otherwise hang. For an interaction no
+    session received (Discord drops those) they raise :class:`Undelivered` at once.
     """
 
     def __init__(self, world: World, interaction: Interaction) -> None:
@@ -351,6 +356,17 @@ class InteractionHandle:
         return self._interaction
 
     @property
+    def delivered(self) -> bool:
+        """Whether INTERACTION_CREATE reached a session on the guild's shard."""
+        return self._interaction.delivered
+
+    def _require_delivered(self) -> None:
+        if not self._interaction.delivered:
+            guild = self._interaction.guild_id
+            where = f"guild {guild}'s shard" if guild is not None else "shard 0"
+            raise Undelivered(f"interaction {self.id} was dropped: no session on {where}")
+
+    @property
     def modal(self) -> JsonObject | None:
         """The modal the bot answered with (callback type 9), as stored, if it did."""
         return self._interaction.modal
@@ -367,6 +383,7 @@ class InteractionHandle:
 
     async def acknowledged(self) -> int:
         """Wait for the bot's (accepted) interaction callback; returns its type."""
+        self._require_delivered()
         await self._changes.wait_for(
             lambda: self._interaction.callback_type is not None,
             lambda: f"interaction {self.id} was never acknowledged",
@@ -380,6 +397,7 @@ class InteractionHandle:
         Returns the original response (``None`` when a deferred button update was answered
         by editing the button's message).
         """
+        self._require_delivered()
         await self._changes.wait_for(
             self._is_answered, lambda: f"interaction {self.id} was never answered"
         )

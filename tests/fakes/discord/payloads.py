@@ -187,16 +187,18 @@ def _last_message_id(world: World, channel: Channel) -> str | None:
     return str(max(ids)) if ids else None
 
 
-def guild_create_payload(world: World, *, members: list[Member]) -> JsonObject:
-    """GUILD_CREATE for the fake guild with ``members`` (Discord sends only some)."""
-    in_guild = [c for c in world.channels.values() if c.guild_id == world.guild_id]
+def guild_create_payload(world: World, guild_id: int, *, members: list[Member]) -> JsonObject:
+    """GUILD_CREATE for the bot's guild ``guild_id`` with ``members`` (Discord sends only
+    some)."""
+    guild = world.guild(guild_id)
+    in_guild = [c for c in world.channels.values() if c.guild_id == guild.id]
     channels = [channel_payload(world, c) for c in in_guild if not c.is_thread]
     threads = [channel_payload(world, c) for c in in_guild if c.is_thread]
     for channel in channels:
         del channel["guild_id"]  # omitted inside GUILD_CREATE
     return {
-        "id": str(world.guild_id),
-        "name": world.guild_name,
+        "id": str(guild.id),
+        "name": guild.name,
         "icon": None,
         "splash": None,
         "discovery_splash": None,
@@ -212,11 +214,11 @@ def guild_create_payload(world: World, *, members: list[Member]) -> JsonObject:
         "nsfw_level": 0,
         "nsfw": False,
         "features": [],
-        "roles": [role_payload(role) for role in world.roles],
+        "roles": [role_payload(role) for role in world.guild_roles(guild.id)],
         "emojis": [],
         "stickers": [],
         "application_id": None,
-        "system_channel_id": str(world.channel_id),
+        "system_channel_id": str(guild.channel_id),
         "system_channel_flags": 0,
         "rules_channel_id": None,
         "public_updates_channel_id": None,
@@ -279,7 +281,7 @@ def application_payload(world: World, flags: int) -> JsonObject:
         "role_connections_verification_url": None,
         "owner": user_payload(world.owner),
         "team": None,
-        "approximate_guild_count": 1,
+        "approximate_guild_count": len(world.guilds),
         "approximate_user_install_count": 0,
         "approximate_user_authorization_count": 0,
         "explicit_content_filter": 0,
@@ -530,7 +532,7 @@ def interaction_payload(world: World, interaction: Interaction, data: JsonObject
     }
     if interaction.guild_id is not None:
         member = world.members[interaction.user.id]
-        if interaction.guild_id != world.guild_id:
+        if interaction.guild_id not in world.guilds:
             member = Member(member.user, [], member.joined_at)  # no roles out there
         payload["guild_id"] = str(interaction.guild_id)
         payload["guild"] = {"id": str(interaction.guild_id), "locale": "en-US", "features": []}
@@ -552,7 +554,7 @@ def interaction_payload(world: World, interaction: Interaction, data: JsonObject
 
 
 def _app_permissions(world: World, interaction: Interaction) -> int:
-    if interaction.guild_id is None or interaction.guild_id != world.guild_id:
+    if interaction.guild_id is None or interaction.guild_id not in world.guilds:
         # In a DM, or in a server it is not in through someone's own install, the app
         # can do what @everyone can.
         return world.roles[0].permissions

@@ -185,8 +185,12 @@ class Rest:
         application_flags: Callable[[], int],
         identify_count: Callable[[], int],
         content_intent: Callable[[], bool] = lambda: False,
+        recommended_shards: Callable[[], int] = lambda: 1,
+        max_concurrency: Callable[[], int] = lambda: 1,
     ) -> None:
         self._world = world
+        self._recommended_shards = recommended_shards
+        self._max_concurrency = max_concurrency
         self._content_intent = content_intent
         self._token = token
         self._limits = limits
@@ -526,12 +530,12 @@ class Rest:
             200,
             {
                 "url": self._gateway_url(),
-                "shards": 1,
+                "shards": self._recommended_shards(),
                 "session_start_limit": {
                     "total": total,
                     "remaining": max(0, total - self._identify_count()),
                     "reset_after": 86_400_000,
-                    "max_concurrency": 1,
+                    "max_concurrency": self._max_concurrency(),
                 },
             },
         )
@@ -544,9 +548,10 @@ class Rest:
             raise errors.missing_access()
         if "guild_id" not in params:
             return None
-        if params["guild_id"] != str(world.guild_id):
-            raise errors.missing_access()
-        return world.guild_id
+        for guild_id in world.guilds:
+            if params["guild_id"] == str(guild_id):
+                return guild_id
+        raise errors.missing_access()
 
     def _get_commands(self, incoming: Incoming) -> Reply:
         scope = self._command_scope(incoming.params)

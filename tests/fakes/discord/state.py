@@ -1,5 +1,9 @@
-"""What the fake Discord knows: one application and its bot, one guild with one text channel,
-people in it, their DMs with the bot, messages, interactions and registered commands.
+"""What the fake Discord knows: one application and its bot, the guilds it is in (the first
+one made with the world, more through :meth:`World.add_guild`), each with one text channel,
+people in them, their DMs with the bot, messages, interactions and registered commands.
+
+Every guild of the bot has the same people with the same roles (the first guild's; only
+the @everyone role's id differs, being the guild's id), so a test can use any of them alike.
 
 Handlers change this state through :class:`World`'s methods, which enforce Discord's rules
 on messages (limits, empty messages, who may edit what) and publish the gateway events
@@ -123,6 +127,15 @@ class Channel:
         return self.type == PUBLIC_THREAD
 
 
+@dataclass(frozen=True)
+class Guild:
+    """A guild the bot is in, with its one text channel "general"."""
+
+    id: int
+    name: str
+    channel_id: int
+
+
 @dataclass
 class Member:
     user: User
@@ -206,6 +219,8 @@ class Interaction:
     user_installed: bool = False
     # Followup messages created through its token (capped for a user install alone).
     followups: int = 0
+    # Whether INTERACTION_CREATE reached a session (none may own the guild's shard).
+    delivered: bool = True
 
     @property
     def only_user_installed(self) -> bool:
@@ -286,6 +301,9 @@ class World:
         self.channels: dict[int, Channel] = {
             self.channel_id: Channel(self.channel_id, GUILD_TEXT, "general", self.guild_id)
         }
+        self.guilds: dict[int, Guild] = {
+            self.guild_id: Guild(self.guild_id, self.guild_name, self.channel_id)
+        }
         self.members: dict[int, Member] = {
             self.bot.id: Member(self.bot, [self.roles[1].id], self.created_at),
             self.owner.id: Member(self.owner, [], self.created_at),
@@ -337,6 +355,33 @@ class World:
         except KeyError:
             raise unknown_channel() from None
 
+    def add_guild(self, name: str, *, guild_id: int | None = None) -> Guild:
+        """The bot joins a new guild ``name`` (id ``guild_id``, or the next snowflake) with
+        one text channel "general" and the same people and roles as the first guild."""
+        if not 1 <= len(name) <= 100:
+            raise ValueError("a guild name is 1-100 characters")
+        new_id = self.snowflakes.next() if guild_id is None else guild_id
+        if new_id in self.guilds or new_id in self.channels or new_id == self.external_guild_id:
+            raise ValueError(f"id {new_id} is taken")
+        channel_id = self.snowflakes.next()
+        self.channels[channel_id] = Channel(channel_id, GUILD_TEXT, "general", new_id)
+        guild = Guild(new_id, name, channel_id)
+        self.guilds[new_id] = guild
+        return guild
+
+    def guild(self, guild_id: int) -> Guild:
+        try:
+            return self.guilds[guild_id]
+        except KeyError:
+            raise LookupError(f"the bot is in no guild {guild_id}") from None
+
+    def guild_roles(self, guild_id: int) -> list[Role]:
+        """The roles of a guild of the bot; each has its own @everyone (id = guild id)."""
+        if guild_id == self.guild_id:
+            return self.roles
+        everyone = self.roles[0]
+        return [Role(guild_id, everyone.name, everyone.permissions, 0), *self.roles[1:]]
+
     def dm_channel(self, user: User) -> Channel:
         """The DM channel between ``user`` and the bot, opened on first use."""
         for channel in self.channels.values():
@@ -375,7 +420,7 @@ class World:
         member = self.members.get(user_id)
         if member is None:
             return 0
-        everyone = channel.overwrites.get(self.guild_id)
+        everyone = channel.overwrites.get(channel.guild_id or self.guild_id)
         if everyone is not None:
             base = (base & ~everyone.deny) | everyone.allow
         allow = deny = 0
@@ -394,7 +439,7 @@ class World:
         if channel.type != GUILD_TEXT:
             raise ValueError("only guild text channels have permission overwrites here")
         kind = MEMBER if target_id in self.members else ROLE
-        if kind == ROLE and target_id not in {role.id for role in self.roles}:
+        if kind == ROLE and target_id not in {role.id for role in self.roles} | set(self.guilds):
             raise LookupError(f"no member or role {target_id}")
         if allow or deny:
             channel.overwrites[target_id] = Overwrite(target_id, kind, allow, deny)
@@ -411,7 +456,7 @@ class World:
             self.snowflakes.next(),
             PUBLIC_THREAD,
             name,
-            self.guild_id,
+            parent.guild_id,
             parent_id=parent.id,
             owner_id=owner.id,
             created_at=self.clock.wall(),
