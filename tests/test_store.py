@@ -1,8 +1,8 @@
 """The usage store's holds: reserving is atomic across asks, stores and processes; holds
 settle onto their own day, expire when left behind, and are pruned.
 
-Written against the `UsageStore` protocol through `open_store`, so another store can be
-added to its parameters and must pass the same tests.
+Written against the `UsageStore` protocol through `open_store`, parametrised over the SQLite
+and the Redis store: both must pass the same tests, so the two cannot drift.
 """
 
 from __future__ import annotations
