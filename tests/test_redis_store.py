@@ -16,6 +16,7 @@ from typing import ClassVar
 
 import pytest
 from redis.asyncio import Connection, Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from bot.conversation.settings import ServerSettings
 from bot.conversation.turns import NewTurn, Turn
@@ -183,7 +184,6 @@ async def test_prefixes_keep_two_deployments_apart(client: Redis) -> None:
     theirs = RedisConversationStore(client, RETENTION, prefix="two:")
     saved = await ours.save(turn("ours"), [1])
     other = await theirs.save(turn("theirs"), [1])
-    assert saved.id == other.id == 1
     assert await ours.turn_for_message(1) == saved
     assert await theirs.turn_for_message(1) == other
     assert await theirs.forget_user(ALICE) == 1
@@ -261,3 +261,23 @@ async def test_each_call_is_one_round_trip(counted: Redis) -> None:
     assert await round_trips(lambda: settings.set_model(GUILD, "m", by=1)) == 1
     assert await round_trips(lambda: settings.reset(GUILD, by=1)) == 1
     assert await round_trips(lambda: conversations.forget_user(BOB)) == 1
+
+
+async def test_the_stores_work_again_once_redis_returns_and_ids_still_grow(
+    own_redis: RedisServer,
+) -> None:
+    async with Redis.from_url(own_redis.url, socket_timeout=5, socket_connect_timeout=5) as client:
+        usage = RedisUsageStore(client)
+        conversations = RedisConversationStore(client, RETENTION)
+        assert await usage.reserve(hold(10), 100, None, NOW) is None
+        before = await conversations.save(turn("before"))
+        own_redis.stop()
+        with pytest.raises(RedisConnectionError):
+            await usage.reserve(hold(10), 100, None, NOW)
+        # Back empty, without the scripts it had loaded: the same stores load them again.
+        own_redis.start()
+        assert await usage.reserve(hold(10), 100, None, NOW) is None
+        saved = await conversations.save(turn("after"), [1])
+        assert await conversations.turn_for_message(1) == saved
+        # Its data lost, Redis still never hands out an id an old button may carry.
+        assert saved.id > before.id

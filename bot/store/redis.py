@@ -38,11 +38,17 @@ Keys, all under the store's prefix (default "askbot:"), and their expiry:
     settings:<guild id>:by      hash, the same fields: "<user id> <unix seconds>" of the change
 
 With no retention (`retention=None`) turns are kept until forgotten or pruned, without expiry.
+
+Turn ids start from Redis's clock in milliseconds (13 digits) whenever `turns:next` is
+missing, so even a Redis that lost its data (no persistence, a flush) never hands out an id
+that an old Follow up button may still carry. Usage counts and conversations lost that way
+are simply gone; turn on Redis persistence (RDB or AOF) to keep them across its restarts.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import fields, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -351,23 +357,8 @@ local function delete_turn(id)
 end
 """
 
-_FIELDS = (
-    "parent",
-    "user",
-    "name",
-    "guild",
-    "channel",
-    "private",
-    "prompt",
-    "answer",
-    "model",
-    "prompt_tokens",
-    "answer_tokens",
-    "created_at",
-)
-
-# ARGV: prefix, the retention in ms ('' for none), then the turn's `_FIELDS` in order, then
-# its message ids. Returns the new id and the parent kept ('' when it was gone).
+# ARGV: prefix, the retention in ms ('' for none), then the turn's fields in the order of the
+# HSET below, then its message ids. Returns the new id and the parent kept ('' when it was gone).
 _SAVE = (
     _TURN_HELPERS
     + """
@@ -375,7 +366,15 @@ local ttl, parent = ARGV[2], ARGV[3]
 if parent ~= '' and redis.call('EXISTS', turn_key(parent)) == 0 then
   parent = ''
 end
-local id = tostring(redis.call('INCR', prefix .. 'turns:next'))
+local counter = prefix .. 'turns:next'
+if redis.call('EXISTS', counter) == 0 then
+  -- A first save, or Redis lost its data: start from its clock in milliseconds, above every
+  -- id handed out before (unless that was over a thousand turns a second).
+  local time = redis.call('TIME')
+  local start = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+  redis.call('SET', counter, string.format('%.0f', start), 'NX')
+end
+local id = tostring(redis.call('INCR', counter))
 local key = turn_key(id)
 redis.call('HSET', key, 'parent', parent, 'user', ARGV[4], 'name', ARGV[5], 'guild', ARGV[6],
   'channel', ARGV[7], 'private', ARGV[8], 'prompt', ARGV[9], 'answer', ARGV[10],
@@ -506,7 +505,7 @@ class RedisConversationStore:
         self._prune = client.register_script(_PRUNE_TURNS)
 
     async def save(self, turn: NewTurn, message_ids: Sequence[int] = ()) -> Turn:
-        fields = [
+        values = [
             "" if turn.parent_id is None else turn.parent_id,
             turn.user_id,
             turn.display_name,
@@ -520,12 +519,11 @@ class RedisConversationStore:
             turn.answer_tokens,
             _microseconds(turn.created_at),
         ]
-        turn_id, parent = await self._save([], [self._prefix, self._ttl, *fields, *message_ids])
+        turn_id, parent = await self._save([], [self._prefix, self._ttl, *values, *message_ids])
         parent_text = _text(parent)
-        return Turn(
-            **{**vars(turn), "parent_id": int(parent_text) if parent_text else None},
-            id=int(turn_id),
-        )
+        saved = {field.name: getattr(turn, field.name) for field in fields(NewTurn)}
+        saved["parent_id"] = int(parent_text) if parent_text else None
+        return Turn(**saved, id=int(turn_id))
 
     async def add_messages(self, turn_id: TurnId, message_ids: Sequence[int]) -> bool:
         added = await self._add_messages([], [self._prefix, turn_id, *message_ids])
@@ -566,28 +564,28 @@ class RedisConversationStore:
         reply = await self._chain([], [self._prefix, start, start_id, most])
         parent_missing, rest = int(reply[0]), reply[1:]
         turns = [
-            _turn_from(int(turn_id), _pairs(fields))
-            for turn_id, fields in zip(rest[::2], rest[1::2], strict=True)
+            _turn_from(int(turn_id), _pairs(hash_fields))
+            for turn_id, hash_fields in zip(rest[::2], rest[1::2], strict=True)
         ]
         if turns and parent_missing:
-            turns[-1] = Turn(**{**vars(turns[-1]), "parent_id": None})
+            turns[-1] = replace(turns[-1], parent_id=None)
         return turns
 
 
-def _turn_from(turn_id: int, fields: dict[str, str]) -> Turn:
+def _turn_from(turn_id: int, saved: dict[str, str]) -> Turn:
     return Turn(
-        user_id=int(fields["user"]),
-        display_name=fields["name"],
-        guild_id=int(fields["guild"]) if fields["guild"] else None,
-        channel_id=int(fields["channel"]),
-        private=fields["private"] == "1",
-        prompt=fields["prompt"],
-        answer=fields["answer"],
-        model=fields["model"],
-        prompt_tokens=int(fields["prompt_tokens"]),
-        answer_tokens=int(fields["answer_tokens"]),
-        parent_id=int(fields["parent"]) if fields["parent"] else None,
-        created_at=_EPOCH + timedelta(microseconds=int(fields["created_at"])),
+        user_id=int(saved["user"]),
+        display_name=saved["name"],
+        guild_id=int(saved["guild"]) if saved["guild"] else None,
+        channel_id=int(saved["channel"]),
+        private=saved["private"] == "1",
+        prompt=saved["prompt"],
+        answer=saved["answer"],
+        model=saved["model"],
+        prompt_tokens=int(saved["prompt_tokens"]),
+        answer_tokens=int(saved["answer_tokens"]),
+        parent_id=int(saved["parent"]) if saved["parent"] else None,
+        created_at=_EPOCH + timedelta(microseconds=int(saved["created_at"])),
         id=turn_id,
     )
 
@@ -649,7 +647,7 @@ class RedisSettingsStore:
     async def set_prompt(
         self, guild_id: int, channel_id: int | None, prompt: str | None, *, by: int
     ) -> None:
-        field = "prompt" if channel_id is None else f"prompt:{channel_id}"
+        field = f"prompt:{channel_id}" if channel_id else "prompt"
         await self._write(guild_id, field, prompt, by)
 
     async def reset(self, guild_id: int, *, by: int) -> int:
