@@ -29,6 +29,7 @@ from bot.store.sqlite import (
     SqliteDatabase,
     SqliteUsageStore,
 )
+from tests.redis_clients import redis_client
 from tests.redis_server import RedisServer
 
 ALICE, BOB, CAROL = 1001, 1002, 1003
@@ -56,7 +57,7 @@ async def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIte
         if server is None:
             store = await SqliteConversationStore.open(tmp_path / "data")
         else:
-            client = Redis.from_url(server.url, socket_timeout=5)
+            client = redis_client(server.url)
             clients.append(client)
             store = RedisConversationStore(client, timedelta(days=30))
         opened.append(store)

@@ -27,6 +27,7 @@ from bot.store.redis import (
     RedisSettingsStore,
     RedisUsageStore,
 )
+from tests.redis_clients import redis_client
 from tests.redis_server import RedisServer
 
 ALICE, BOB = 1001, 1002
@@ -40,7 +41,7 @@ RETENTION = timedelta(days=30)
 
 @pytest.fixture
 async def client(redis_server: RedisServer) -> AsyncIterator[Redis]:
-    async with Redis.from_url(redis_server.url, socket_timeout=5) as client:
+    async with redis_client(redis_server.url) as client:
         yield client
 
 
@@ -78,6 +79,8 @@ async def test_every_key_expires_but_the_turn_ids_and_the_settings(client: Redis
     assert await usage.reserve(settling, 100, 1000, NOW) is None
     assert await usage.reserve(hold(20, user_id=BOB), 100, 1000, NOW) is None
     await usage.settle(settling, 40)
+    # A settle that finds no hold leaves a mark, for a reserve it may have overtaken.
+    await usage.settle(hold(5), 5)
     root = await conversations.save(turn("root"), [1])
     child = await conversations.save(turn("child", user_id=BOB, parent=root), [2])
     assert await conversations.add_messages(child.id, [3])
@@ -95,7 +98,7 @@ async def test_every_key_expires_but_the_turn_ids_and_the_settings(client: Redis
     day = timedelta(days=2) // timedelta(milliseconds=1)
     retention = RETENTION // timedelta(milliseconds=1)
     for key, left in lifetimes.items():
-        if key.startswith("askbot:holds:"):
+        if key.startswith(("askbot:holds:", "askbot:settled:")):
             assert 0 < left <= HOLD_LIFETIME // timedelta(milliseconds=1) + 1, key
         elif key.startswith("askbot:usage:"):
             assert day - 3_600_000 < left <= day, key
@@ -105,6 +108,18 @@ async def test_every_key_expires_but_the_turn_ids_and_the_settings(client: Redis
     assert f"askbot:holds:{DAY}:user:{BOB}" in lifetimes
     assert f"askbot:holds:{DAY}:user:{ALICE}" not in lifetimes
     assert "askbot:message:3" in lifetimes
+    assert any(key.startswith("askbot:settled:") for key in lifetimes)
+
+
+async def test_a_settle_that_overtakes_its_reserve_still_frees_the_hold(client: Redis) -> None:
+    # A cancelled ask gives its hold back with settle(0) on another connection, which can
+    # reach Redis before the reserve that was already on its way.
+    usage = RedisUsageStore(client)
+    overtaken = hold(100)
+    await usage.settle(overtaken, 0)
+    await usage.reserve(overtaken, 100, None, NOW)
+    assert await usage.reserve(hold(100), 100, None, NOW) is None
+    assert await usage.totals(DAY, ALICE, GUILD) == Totals(user=0, guild=0)
 
 
 async def test_without_a_retention_turns_never_expire(client: Redis) -> None:
@@ -120,9 +135,7 @@ async def test_without_a_retention_turns_never_expire(client: Redis) -> None:
 async def test_the_stores_work_whether_or_not_the_client_decodes(
     redis_server: RedisServer, decode_responses: bool
 ) -> None:
-    async with Redis.from_url(
-        redis_server.url, socket_timeout=5, decode_responses=decode_responses
-    ) as client:
+    async with redis_client(redis_server.url, decode_responses=decode_responses) as client:
         usage = RedisUsageStore(client)
         first = hold(60)
         assert await usage.reserve(first, 100, None, NOW) is None
@@ -228,9 +241,7 @@ async def round_trips(call: Callable[[], Awaitable[object]]) -> int:
 @pytest.fixture
 async def counted(redis_server: RedisServer) -> AsyncIterator[Redis]:
     """A client whose connections count what they send."""
-    async with Redis.from_url(
-        redis_server.url, socket_timeout=5, connection_class=CountingConnection
-    ) as client:
+    async with redis_client(redis_server.url, connection_class=CountingConnection) as client:
         yield client
 
 
@@ -266,7 +277,7 @@ async def test_each_call_is_one_round_trip(counted: Redis) -> None:
 async def test_the_stores_work_again_once_redis_returns_and_ids_still_grow(
     own_redis: RedisServer,
 ) -> None:
-    async with Redis.from_url(own_redis.url, socket_timeout=5, socket_connect_timeout=5) as client:
+    async with redis_client(own_redis.url) as client:
         usage = RedisUsageStore(client)
         conversations = RedisConversationStore(client, RETENTION)
         assert await usage.reserve(hold(10), 100, None, NOW) is None

@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 from bot.conversation.settings import ServerSettings, SettingsStore
 from bot.store.redis import RedisSettingsStore
 from bot.store.sqlite import SqliteDatabase, SqliteSettingsStore
+from tests.redis_clients import redis_client
 from tests.redis_server import RedisServer
 
 
@@ -33,7 +34,7 @@ class Backing:
             database = await SqliteDatabase.open(self._tmp_path)
             self._databases.append(database)
             return SqliteSettingsStore(database)
-        client = Redis.from_url(self._server.url, socket_timeout=5)
+        client = redis_client(self._server.url)
         self._clients.append(client)
         return RedisSettingsStore(client)
 
@@ -58,9 +59,7 @@ class Backing:
                 return [by for (by,) in await database.run(who)]
             finally:
                 await database.close()
-        async with Redis.from_url(
-            self._server.url, socket_timeout=5, decode_responses=True
-        ) as client:
+        async with redis_client(self._server.url, decode_responses=True) as client:
             changes = await client.hvals(f"askbot:settings:{guild_id}:by")
         # Each is "<user id> <unix seconds>".
         return [int(str(change).split()[0]) for change in changes]

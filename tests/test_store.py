@@ -30,6 +30,7 @@ from bot.fair_use.budgets import (
 )
 from bot.store.redis import RedisUsageStore
 from bot.store.sqlite import FILE_NAME, SqliteUsageStore
+from tests.redis_clients import redis_client
 from tests.redis_server import RedisServer
 
 ALICE, BOB = 1001, 1002
@@ -58,7 +59,7 @@ async def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIte
         if server is None:
             store = await SqliteUsageStore.open(tmp_path / "data")
         else:
-            client = Redis.from_url(server.url, socket_timeout=5)
+            client = redis_client(server.url)
             clients.append(client)
             store = RedisUsageStore(client)
         opened.append(store)
@@ -227,7 +228,7 @@ async def test_two_processes_on_one_backing_never_overspend(
     if backing == "redis":
         server: RedisServer = request.getfixturevalue("redis_server")
         where = server.url
-        client = Redis.from_url(where, socket_timeout=5)
+        client = redis_client(where)
         store = RedisUsageStore(client)
     else:
         where = str(tmp_path / "data")

@@ -21,6 +21,7 @@ Keys, all under the store's prefix (default "askbot:"), and their expiry:
     usage:<day>:guild:<id>      string, the server's count that day     2 days from its last write
     holds:<day>:user:<id>       sorted set of `<hold id>:<tokens>`,     its longest hold's lifetime
     holds:<day>:guild:<id>        scored by the hold's `expires_at`     (from the `now` reserving)
+    settled:<hold id>           string, a settle that found no hold     the hold lifetime
     usage:<day>:keys            set of that day's four kinds above      2 days from its last write
     usage:days                  set of the days with keys, for prune    2 days from its last write
     turns:next                  string, the last turn id given out      never (ids are never reused)
@@ -56,7 +57,7 @@ from redis.asyncio import Redis
 
 from bot.conversation.settings import ServerSettings
 from bot.conversation.turns import NewTurn, Turn, TurnId
-from bot.fair_use.budgets import Reservation, Scope, Totals
+from bot.fair_use.budgets import HOLD_LIFETIME, Reservation, Scope, Totals
 
 __all__ = [
     "DEFAULT_PREFIX",
@@ -102,21 +103,25 @@ count({unpack(KEYS, 3)}, ARGV[1], ARGV[2], ARGV[3])
 """
 )
 
-# KEYS: usage:days, usage:<day>:keys, the user's count and holds, then (inside a server) the
-# server's count and holds. ARGV: day, now, member, expires_at, the hold's TTL in ms, the
-# user's limit and the server's ('' for none), the day keys' TTL in seconds.
-# Returns the first spent scope, or nothing after adding the member to every holds set.
+# KEYS: usage:days, usage:<day>:keys, the hold's settled:<hold id>, then the user's count and
+# holds and (inside a server) the server's. ARGV: day, now, member, expires_at, the hold's TTL
+# in ms, the user's limit and the server's ('' for none), the day keys' TTL in seconds.
+# Returns the first spent scope, or nothing after adding the member to every holds set. A
+# hold already settled (its ask was cancelled while this was on its way) is not taken.
 _RESERVE = """
 local day, now, member, expires_at = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local hold_ttl, day_ttl = tonumber(ARGV[5]), ARGV[8]
 local limits = {ARGV[6], ARGV[7]}
 local scopes = {'user', 'guild'}
-local pairs_count = (#KEYS - 2) / 2
+local pairs_count = (#KEYS - 3) / 2
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  return false
+end
 for i = 1, pairs_count do
   local limit = limits[i]
   if limit ~= '' then
-    local used = tonumber(redis.call('GET', KEYS[1 + 2 * i]) or '0')
-    for _, held in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2 + 2 * i], '(' .. now, '+inf')) do
+    local used = tonumber(redis.call('GET', KEYS[2 + 2 * i]) or '0')
+    for _, held in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3 + 2 * i], '(' .. now, '+inf')) do
       used = used + tonumber(string.match(held, ':(%d+)$'))
     end
     if used >= tonumber(limit) then
@@ -125,7 +130,7 @@ for i = 1, pairs_count do
   end
 end
 for i = 1, pairs_count do
-  local holds = KEYS[2 + 2 * i]
+  local holds = KEYS[3 + 2 * i]
   redis.call('ZADD', holds, expires_at, member)
   if redis.call('PTTL', holds) < hold_ttl then
     redis.call('PEXPIRE', holds, hold_ttl)
@@ -138,15 +143,21 @@ redis.call('EXPIRE', KEYS[1], day_ttl)
 return false
 """
 
-# KEYS: usage:days, usage:<day>:keys, then the user's count and holds and (inside a server)
-# the server's. ARGV: day, the tokens (0 only drops the hold), the day keys' TTL, member.
+# KEYS as for `_RESERVE`. ARGV: day, the tokens (0 only drops the hold), the day keys' TTL,
+# member, the hold lifetime in ms. A hold found in no set either expired, was pruned, or
+# has not been taken yet (a reserve cancelled on its way, overtaken by this settle): the
+# settled:<hold id> mark, kept for a hold's lifetime, stops that reserve from taking it.
 _SETTLE = (
     _COUNT
     + """
 local counts = {}
-for i = 3, #KEYS, 2 do
-  redis.call('ZREM', KEYS[i + 1], ARGV[4])
+local removed = 0
+for i = 4, #KEYS, 2 do
+  removed = removed + redis.call('ZREM', KEYS[i + 1], ARGV[4])
   counts[#counts + 1] = KEYS[i]
+end
+if removed == 0 then
+  redis.call('SET', KEYS[3], '1', 'PX', ARGV[5])
 end
 if tonumber(ARGV[2]) > 0 then
   count(counts, ARGV[1], ARGV[2], ARGV[3])
@@ -208,11 +219,17 @@ class RedisUsageStore:
     """
 
     def __init__(
-        self, client: Redis, *, prefix: str = DEFAULT_PREFIX, day_ttl: timedelta = DAY_TTL
+        self,
+        client: Redis,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        day_ttl: timedelta = DAY_TTL,
+        hold_lifetime: timedelta = HOLD_LIFETIME,
     ) -> None:
         self._client = client
         self._prefix = prefix
         self._day_ttl = int(day_ttl.total_seconds())
+        self._hold_lifetime = hold_lifetime // timedelta(milliseconds=1)
         self._add = client.register_script(_ADD)
         self._reserve = client.register_script(_RESERVE)
         self._settle = client.register_script(_SETTLE)
@@ -239,7 +256,7 @@ class RedisUsageStore:
     ) -> Scope | None:
         hold_ttl = max(1000, int((reservation.expires_at - now) * 1000) + 1)
         spent = await self._reserve(
-            [*self._day_keys(reservation.day), *self._scopes(reservation)],
+            self._hold_keys(reservation),
             [
                 reservation.day,
                 repr(float(now)),
@@ -255,8 +272,8 @@ class RedisUsageStore:
 
     async def settle(self, reservation: Reservation, tokens: int) -> None:
         await self._settle(
-            [*self._day_keys(reservation.day), *self._scopes(reservation)],
-            [reservation.day, tokens, self._day_ttl, _member(reservation)],
+            self._hold_keys(reservation),
+            [reservation.day, tokens, self._day_ttl, _member(reservation), self._hold_lifetime],
         )
 
     async def prune(self, before: str, now: float | None = None) -> int:
@@ -284,10 +301,12 @@ class RedisUsageStore:
             keys.append(self._count(day, Scope.GUILD, guild_id))
         return keys
 
-    def _scopes(self, reservation: Reservation) -> list[str]:
-        """Each scope's count key then holds key: the user's, and the server's in one."""
+    def _hold_keys(self, reservation: Reservation) -> list[str]:
+        """The day's keys, the hold's settled mark, then each scope's count key and holds
+        key: the user's, and the server's in one."""
         day = reservation.day
-        keys = [self._count(day, Scope.USER, reservation.user_id)]
+        keys = [*self._day_keys(day), f"{self._prefix}settled:{reservation.id}"]
+        keys.append(self._count(day, Scope.USER, reservation.user_id))
         keys.append(self._holds(day, Scope.USER, reservation.user_id))
         if reservation.guild_id is not None:
             keys.append(self._count(day, Scope.GUILD, reservation.guild_id))
