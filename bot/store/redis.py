@@ -198,6 +198,10 @@ for _, day in ipairs(redis.call('SMEMBERS', KEYS[1])) do
           holds[member] = true
         end
         redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+        -- Emptied, or dropped by its expiry: the next prune need not look at it again.
+        if redis.call('EXISTS', key) == 0 then
+          redis.call('SREM', index, key)
+        end
       end
     end
   end
