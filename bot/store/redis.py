@@ -7,7 +7,10 @@ RedisSettingsStore      servers' and channels' settings (`bot.conversation.setti
 Each store is made on a `redis.asyncio.Redis` client that the entry point builds, and closes,
 once per process: a store never opens or closes a connection, so its `close` does nothing.
 The client may be built with `decode_responses` either way; the stores read bytes and text
-alike. Timeouts and retries are the client's (set them when building it).
+alike. Timeouts and retries are the client's (set them when building it). Build it on a
+`redis.asyncio.BlockingConnectionPool`: the default pool raises `MaxConnectionsError` when a
+burst of asks needs more than its 100 connections at once, where a blocking one makes them
+wait (up to its `timeout`) for a free connection.
 
 Every decision that reads and then writes (reserving under a limit, saving a turn under a
 parent that may just have been forgotten) is one Lua script: Redis runs a script alone, so
@@ -22,7 +25,7 @@ Keys, all under the store's prefix (default "askbot:"), and their expiry:
     holds:<day>:user:<id>       sorted set of `<hold id>:<tokens>`,     its longest hold's lifetime
     holds:<day>:guild:<id>        scored by the hold's `expires_at`     (from the `now` reserving)
     settled:<hold id>           string, a settle that found no hold     the hold lifetime
-    usage:<day>:keys            set of that day's four kinds above      2 days from its last write
+    usage:<day>:keys            set of that day's counts and holds keys 2 days from its last write
     usage:days                  set of the days with keys, for prune    2 days from its last write
     turns:next                  string, the last turn id given out      never (ids are never reused)
     turn:<id>                   hash of the turn's fields               the retention from its save
@@ -472,7 +475,7 @@ return found
 """
 )
 
-# ARGV: prefix. Deletes every turn of the person; returns how many existed.
+# ARGV: prefix, the user id. Deletes every turn of the person; returns how many existed.
 _FORGET = (
     _TURN_HELPERS
     + """
@@ -508,8 +511,8 @@ class RedisConversationStore:
     `RedisConversationStore(client, retention)`: every turn's keys expire `retention` after
     it is saved (None: never), so Redis drops old conversations even when nobody prunes;
     `prune` deletes what is older than its cut-off and has not expired yet, and turns the
-    children of what it deletes into roots. Ids come from one counter, so no two processes
-    ever hand out the same one. Every call is one round trip (one script or one command),
+    children of what it deletes into roots. Ids come from one counter (INCR), so no two
+    processes ever hand out the same one. Every call is one round trip (one script or one command),
     `chain` included; `prune` is one per `PRUNE_BATCH` turns.
     """
 
