@@ -8,6 +8,7 @@ test_settings_store.py, parametrised over SQLite and Redis.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import replace
@@ -20,7 +21,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from bot.conversation.settings import ServerSettings
 from bot.conversation.turns import NewTurn, Turn
-from bot.fair_use.budgets import HOLD_LIFETIME, Reservation, Scope, Totals
+from bot.fair_use.budgets import HOLD_LIFETIME, Budget, DailyBudgets, Reservation, Scope, Totals
 from bot.store.redis import (
     PRUNE_BATCH,
     RedisConversationStore,
@@ -292,3 +293,31 @@ async def test_the_stores_work_again_once_redis_returns_and_ids_still_grow(
         assert await conversations.turn_for_message(1) == saved
         # Its data lost, Redis still never hands out an id an old button may carry.
         assert saved.id > before.id
+
+
+async def test_a_cancelled_reservation_gives_its_hold_back(
+    redis_server: RedisServer, client: Redis
+) -> None:
+    budgets = DailyBudgets(RedisUsageStore(client), Budget(user_daily_tokens=100))
+    noon = datetime(2025, 3, 14, 12, tzinfo=UTC)
+    assert (await budgets.reserve(ALICE, GUILD, 1, noon)).allowed  # scripts loaded
+    async with redis_client(redis_server.url, decode_responses=True) as admin:
+        # Redis holds every write back, so the reservation is under way, sent but not run,
+        # when the ask is cancelled (say by a shutdown).
+        await admin.client_pause(60_000, all=False)  # writes only
+        try:
+            reserving = asyncio.create_task(budgets.reserve(ALICE, GUILD, 1100, noon))
+            async with asyncio.timeout(10):  # a guard against a hang, not a measurement
+                while not any(
+                    entry["cmd"] == "evalsha" and "b" in entry["flags"]
+                    for entry in await admin.client_list()
+                ):
+                    pass
+            reserving.cancel()
+        finally:
+            await admin.client_unpause()
+    with pytest.raises(asyncio.CancelledError):
+        await reserving
+    # Whatever reached Redis first, nothing of the cancelled ask's 1100 tokens is held.
+    assert (await budgets.reserve(ALICE, GUILD, 99, noon)).allowed
+    assert not (await budgets.reserve(ALICE, GUILD, 1, noon)).allowed
