@@ -1,8 +1,8 @@
 """The conversation store: chains and branches, lookups by answer message, forgetting a
 person, retention, restarts and concurrent saves.
 
-Written against the `ConversationStore` protocol through `open_store`, so another store (Redis)
-can be added to its parameters and must pass the same tests.
+Written against the `ConversationStore` protocol through `open_store`, parametrised over the
+SQLite and the Redis store: both must pass the same tests, so the two cannot drift.
 """
 
 from __future__ import annotations
@@ -16,17 +16,21 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from redis.asyncio import Redis
 
 from bot.config import load_settings
 from bot.conversation.retention import keep_pruned, retention
 from bot.conversation.turns import ConversationStore, NewTurn, Turn, may_continue
 from bot.fair_use.budgets import Totals
+from bot.store.redis import RedisConversationStore
 from bot.store.sqlite import (
     FILE_NAME,
     SqliteConversationStore,
     SqliteDatabase,
     SqliteUsageStore,
 )
+from tests.redis_clients import redis_client
+from tests.redis_server import RedisServer
 
 ALICE, BOB, CAROL = 1001, 1002, 1003
 NAMES = {ALICE: "Alice", BOB: "Bob", CAROL: "Carol"}
@@ -37,21 +41,33 @@ START = datetime(2025, 3, 14, 12, 0, tzinfo=UTC)
 OpenStore = Callable[[], Awaitable[ConversationStore]]
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "redis"])
 async def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[OpenStore]:
     """Opens stores that share one backing (as bot processes or restarts would), all closed
-    at the end."""
-    assert request.param == "sqlite"
+    at the end: one SQLite file, or one Redis server with a client of each store's own and
+    the default retention as expiry."""
     opened: list[ConversationStore] = []
+    clients: list[Redis] = []
+    server: RedisServer | None = None
+    if request.param == "redis":
+        server = request.getfixturevalue("redis_server")
 
     async def open_one() -> ConversationStore:
-        store = await SqliteConversationStore.open(tmp_path / "data")
+        store: ConversationStore
+        if server is None:
+            store = await SqliteConversationStore.open(tmp_path / "data")
+        else:
+            client = redis_client(server.url)
+            clients.append(client)
+            store = RedisConversationStore(client, timedelta(days=30))
         opened.append(store)
         return store
 
     yield open_one
     for store in opened:
         await store.close()
+    for client in clients:
+        await client.aclose()
 
 
 @pytest.fixture

@@ -1,9 +1,9 @@
-"""The offered models (OPENAI_MODELS, MODELS_FILE), a model per call, and the settings store."""
+"""The offered models (OPENAI_MODELS, MODELS_FILE) and a model per call; the settings store is
+tested in test_settings_store.py."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -15,7 +15,6 @@ from bot.conversation.settings import ServerSettings, effective_prompt
 from bot.discord_app.ask import matching
 from bot.model import llm
 from bot.model.vision import Image, user_message
-from bot.store.sqlite import SqliteDatabase, SqliteSettingsStore
 from tests.fakes.openai_server import FakeOpenAI, Reply
 
 BASE = {"DISCORD_TOKEN": "t", "OPENAI_API_KEY": "sk-test"}
@@ -127,55 +126,6 @@ def test_the_channel_prompt_wins_over_the_servers_which_wins_over_the_default() 
     assert effective_prompt(server, 7, "default") == "channel"
     assert effective_prompt(server, 8, "default") == "server"
     assert effective_prompt(ServerSettings(), 7, "default") == "default"
-
-
-# --- The store --------------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def database(tmp_path: Path) -> AsyncIterator[SqliteDatabase]:
-    database = await SqliteDatabase.open(tmp_path)
-    try:
-        yield database
-    finally:
-        await database.close()
-
-
-async def test_the_store_keeps_settings_exactly_and_per_server(database: SqliteDatabase) -> None:
-    store = SqliteSettingsStore(database)
-    assert await store.server(1) == ServerSettings()
-    prompt = "  Two spaces,\nunicode 【】 and a trailing newline\n"
-    await store.set_prompt(1, None, prompt, by=10)
-    await store.set_prompt(1, 5, "channel five", by=10)
-    await store.set_model(1, "gpt-4o", by=11)
-    await store.set_model(2, "o4-mini", by=12)
-    assert await store.server(1) == ServerSettings("gpt-4o", prompt, {5: "channel five"})
-    await store.set_prompt(1, 5, "channel five again", by=11)
-    await store.set_prompt(1, None, None, by=11)
-    assert await store.server(1) == ServerSettings("gpt-4o", None, {5: "channel five again"})
-    assert await store.reset(1, by=10) == 2
-    assert await store.server(1) == ServerSettings()
-    assert await store.server(2) == ServerSettings("o4-mini")
-
-    def who() -> list[tuple[int]]:
-        query = "SELECT changed_by FROM settings WHERE guild_id = 2"
-        return database.connection.execute(query).fetchall()
-
-    changed_by = await database.run(who)
-    assert changed_by == [(12,)], "who made the change is kept"
-
-
-async def test_settings_outlive_the_database_being_reopened(tmp_path: Path) -> None:
-    first = await SqliteDatabase.open(tmp_path)
-    await SqliteSettingsStore(first).set_prompt(1, 3, "kept", by=1)
-    await first.close()
-    second = await SqliteDatabase.open(tmp_path)
-    try:
-        assert await SqliteSettingsStore(second).server(1) == ServerSettings(
-            channel_prompts={3: "kept"}
-        )
-    finally:
-        await second.close()
 
 
 # --- A model per call -------------------------------------------------------------------------

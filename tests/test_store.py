@@ -1,8 +1,8 @@
 """The usage store's holds: reserving is atomic across asks, stores and processes; holds
 settle onto their own day, expire when left behind, and are pruned.
 
-Written against the `UsageStore` protocol through `open_store`, so another store can be
-added to its parameters and must pass the same tests.
+Written against the `UsageStore` protocol through `open_store`, parametrised over the SQLite
+and the Redis store: both must pass the same tests, so the two cannot drift.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from redis.asyncio import Redis
 
 from bot.fair_use.budgets import (
     HOLD_LIFETIME,
@@ -27,7 +28,10 @@ from bot.fair_use.budgets import (
     Totals,
     UsageStore,
 )
+from bot.store.redis import RedisUsageStore
 from bot.store.sqlite import FILE_NAME, SqliteUsageStore
+from tests.redis_clients import redis_client
+from tests.redis_server import RedisServer
 
 ALICE, BOB = 1001, 1002
 GUILD = 900_000_000_000_000_001
@@ -40,20 +44,32 @@ ROOT = Path(__file__).resolve().parents[1]
 OpenStore = Callable[[], Awaitable[UsageStore]]
 
 
-@pytest.fixture(params=["sqlite"])
+@pytest.fixture(params=["sqlite", "redis"])
 async def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[OpenStore]:
-    """Opens stores that share one backing (as bot processes would), all closed at the end."""
-    assert request.param == "sqlite"
+    """Opens stores that share one backing (as bot processes would), all closed at the end:
+    one SQLite file, or one Redis server with a client of each store's own."""
     opened: list[UsageStore] = []
+    clients: list[Redis] = []
+    server: RedisServer | None = None
+    if request.param == "redis":
+        server = request.getfixturevalue("redis_server")
 
     async def open_one() -> UsageStore:
-        store = await SqliteUsageStore.open(tmp_path / "data")
+        store: UsageStore
+        if server is None:
+            store = await SqliteUsageStore.open(tmp_path / "data")
+        else:
+            client = redis_client(server.url)
+            clients.append(client)
+            store = RedisUsageStore(client)
         opened.append(store)
         return store
 
     yield open_one
     for store in opened:
         await store.close()
+    for client in clients:
+        await client.aclose()
 
 
 @pytest.fixture
@@ -168,13 +184,22 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from bot.fair_use.budgets import Budget, DailyBudgets
+from redis.asyncio import Redis
+
+from bot.fair_use.budgets import Budget, DailyBudgets, UsageStore
+from bot.store.redis import RedisUsageStore
 from bot.store.sqlite import SqliteUsageStore
 
 
 async def main() -> None:
-    directory, user, guild, limit, estimate, asks, now = sys.argv[1:]
-    store = await SqliteUsageStore.open(Path(directory))
+    backing, where, user, guild, limit, estimate, asks, now = sys.argv[1:]
+    client = None
+    store: UsageStore
+    if backing == "redis":
+        client = Redis.from_url(where, socket_timeout=5)
+        store = RedisUsageStore(client)
+    else:
+        store = await SqliteUsageStore.open(Path(where))
     try:
         budgets = DailyBudgets(store, Budget(guild_daily_tokens=int(limit)))
         print("ready", flush=True)
@@ -186,15 +211,28 @@ async def main() -> None:
         print(sum(hold.allowed for hold in holds), flush=True)
     finally:
         await store.close()
+        if client is not None:
+            await client.aclose()
 
 
 asyncio.run(main())
 """
 
 
-async def test_two_processes_on_one_file_never_overspend(tmp_path: Path) -> None:
-    directory = tmp_path / "data"
-    store = await SqliteUsageStore.open(directory)
+@pytest.mark.parametrize("backing", ["sqlite", "redis"])
+async def test_two_processes_on_one_backing_never_overspend(
+    backing: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    client: Redis | None = None
+    store: UsageStore
+    if backing == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        where = server.url
+        client = redis_client(where)
+        store = RedisUsageStore(client)
+    else:
+        where = str(tmp_path / "data")
+        store = await SqliteUsageStore.open(Path(where))
     environment = dict(os.environ)
     environment["PYTHONPATH"] = os.pathsep.join(
         [str(ROOT), *filter(None, [environment.get("PYTHONPATH")])]
@@ -203,7 +241,8 @@ async def test_two_processes_on_one_file_never_overspend(tmp_path: Path) -> None
         sys.executable,
         "-c",
         _CHILD,
-        str(directory),
+        backing,
+        where,
         str(BOB),
         str(GUILD),
         "100",
@@ -233,6 +272,8 @@ async def test_two_processes_on_one_file_never_overspend(tmp_path: Path) -> None
             child.kill()
             await child.wait()
         await store.close()
+        if client is not None:
+            await client.aclose()
     # Between them the two processes let in exactly what one would have.
     assert sum(hold.allowed for hold in ours) + theirs == 15
 

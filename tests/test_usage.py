@@ -1,5 +1,8 @@
-"""Daily budgets and the SQLite usage store: counts add up, survive restarts, reset at 00:00 UTC;
-reservations keep concurrent asks under a limit and settle what they really cost."""
+"""Daily budgets and the usage stores: counts add up, survive restarts, reset at 00:00 UTC;
+reservations keep concurrent asks under a limit and settle what they really cost.
+
+The `store` fixture is parametrised over the SQLite and the Redis store, so every budget test
+runs against both; the tests of the SQLite file itself use `sqlite_store`."""
 
 from __future__ import annotations
 
@@ -29,7 +32,10 @@ from bot.fair_use.budgets import (
     next_reset,
     utc_day,
 )
+from bot.store.redis import RedisUsageStore
 from bot.store.sqlite import FILE_NAME, SqliteUsageStore
+from tests.redis_clients import redis_client
+from tests.redis_server import RedisServer
 
 ALICE, BOB, CAROL = 1001, 1002, 1003
 GUILD, OTHER_GUILD = 900_000_000_000_000_001, 900_000_000_000_000_002
@@ -39,10 +45,22 @@ MIDNIGHT = datetime(2025, 3, 15, tzinfo=UTC)
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteUsageStore]:
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[SqliteUsageStore]:
     opened = await SqliteUsageStore.open(tmp_path / "data")
     yield opened
     await opened.close()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[UsageStore]:
+    if request.param == "sqlite":
+        opened = await SqliteUsageStore.open(tmp_path / "data")
+        yield opened
+        await opened.close()
+        return
+    server: RedisServer = request.getfixturevalue("redis_server")
+    async with redis_client(server.url) as client:
+        yield RedisUsageStore(client)
 
 
 # --- estimate_tokens --------------------------------------------------------------------------
@@ -114,15 +132,15 @@ def test_a_time_without_a_zone_is_refused() -> None:
         utc_day(datetime(2025, 3, 14, 12, 0))
 
 
-# --- SqliteUsageStore -------------------------------------------------------------------------
+# --- the stores ---------------------------------------------------------------------------------
 
 
-def test_the_sqlite_store_fills_the_protocol(store: SqliteUsageStore) -> None:
-    typed: UsageStore = store
-    assert typed is store
+def test_the_sqlite_store_fills_the_protocol(sqlite_store: SqliteUsageStore) -> None:
+    typed: UsageStore = sqlite_store
+    assert typed is sqlite_store
 
 
-async def test_counts_add_up_per_user_and_per_guild(store: SqliteUsageStore) -> None:
+async def test_counts_add_up_per_user_and_per_guild(store: UsageStore) -> None:
     await store.add(DAY, ALICE, GUILD, 100)
     await store.add(DAY, ALICE, GUILD, 50)
     await store.add(DAY, BOB, GUILD, 30)
@@ -136,7 +154,7 @@ async def test_counts_add_up_per_user_and_per_guild(store: SqliteUsageStore) -> 
     assert await store.totals("2025-03-15", ALICE, GUILD) == Totals(user=0, guild=0)
 
 
-async def test_concurrent_adds_lose_nothing(store: SqliteUsageStore) -> None:
+async def test_concurrent_adds_lose_nothing(store: UsageStore) -> None:
     await asyncio.gather(*(store.add(DAY, ALICE, GUILD, 1) for _ in range(200)))
     assert await store.totals(DAY, ALICE, GUILD) == Totals(user=200, guild=200)
 
@@ -157,7 +175,10 @@ async def test_usage_survives_a_restart(tmp_path: Path) -> None:
     await second.close()  # a second close, as a shutdown path may do, is harmless
 
 
-async def test_the_file_uses_wal_and_a_key_on_day_scope_and_id(store: SqliteUsageStore) -> None:
+async def test_the_file_uses_wal_and_a_key_on_day_scope_and_id(
+    sqlite_store: SqliteUsageStore,
+) -> None:
+    store = sqlite_store
     await store.add(DAY, ALICE, GUILD, 1)
     reader = sqlite3.connect(store.path)
     try:
@@ -170,7 +191,7 @@ async def test_the_file_uses_wal_and_a_key_on_day_scope_and_id(store: SqliteUsag
     assert key == ["day", "scope", "id"]
 
 
-async def test_old_days_can_be_pruned(store: SqliteUsageStore) -> None:
+async def test_old_days_can_be_pruned(store: UsageStore) -> None:
     for day in ("2025-03-12", "2025-03-13", DAY):
         await store.add(day, ALICE, GUILD, 10)
     assert await store.prune(before=DAY) == 4
@@ -179,8 +200,9 @@ async def test_old_days_can_be_pruned(store: SqliteUsageStore) -> None:
 
 
 async def test_the_event_loop_runs_on_while_the_store_waits_for_the_disk(
-    store: SqliteUsageStore,
+    sqlite_store: SqliteUsageStore,
 ) -> None:
+    store = sqlite_store
     # Another process holds the write lock: the store's write must wait for it on its
     # own thread while this loop carries on. A store that blocked the loop would wait out
     # its busy timeout here and fail, since the lock is released only by this loop.
@@ -206,7 +228,7 @@ async def test_the_event_loop_runs_on_while_the_store_waits_for_the_disk(
 # --- DailyBudgets -----------------------------------------------------------------------------
 
 
-async def test_no_limits_always_allow(store: SqliteUsageStore) -> None:
+async def test_no_limits_always_allow(store: UsageStore) -> None:
     budgets = DailyBudgets(store, Budget())
     await budgets.record(ALICE, GUILD, 10**9, NOON)
     verdict = await budgets.check(ALICE, GUILD, NOON)
@@ -215,7 +237,7 @@ async def test_no_limits_always_allow(store: SqliteUsageStore) -> None:
     assert (await budgets.usage_report(ALICE, GUILD, NOON)).user_tokens == 10**9
 
 
-async def test_a_user_is_stopped_once_their_budget_is_spent(store: SqliteUsageStore) -> None:
+async def test_a_user_is_stopped_once_their_budget_is_spent(store: UsageStore) -> None:
     budgets = DailyBudgets(store, Budget(user_daily_tokens=100))
     await budgets.record(ALICE, GUILD, 99, NOON)
     assert (await budgets.check(ALICE, GUILD, NOON)).allowed
@@ -229,7 +251,7 @@ async def test_a_user_is_stopped_once_their_budget_is_spent(store: SqliteUsageSt
     assert (await budgets.check(BOB, GUILD, NOON)).allowed
 
 
-async def test_a_guild_budget_is_shared_by_its_members(store: SqliteUsageStore) -> None:
+async def test_a_guild_budget_is_shared_by_its_members(store: UsageStore) -> None:
     budgets = DailyBudgets(store, Budget(user_daily_tokens=1000, guild_daily_tokens=100))
     await budgets.record(ALICE, GUILD, 60, NOON)
     await budgets.record(BOB, GUILD, 40, NOON)
@@ -241,14 +263,14 @@ async def test_a_guild_budget_is_shared_by_its_members(store: SqliteUsageStore) 
     assert (await budgets.check(CAROL, None, NOON)).allowed
 
 
-async def test_the_user_budget_is_named_when_both_are_spent(store: SqliteUsageStore) -> None:
+async def test_the_user_budget_is_named_when_both_are_spent(store: UsageStore) -> None:
     budgets = DailyBudgets(store, Budget(user_daily_tokens=50, guild_daily_tokens=50))
     await budgets.record(ALICE, GUILD, 80, NOON)
     assert (await budgets.check(ALICE, GUILD, NOON)).exhausted is Scope.USER
     assert (await budgets.check(BOB, GUILD, NOON)).exhausted is Scope.GUILD
 
 
-async def test_budgets_start_afresh_at_utc_midnight(store: SqliteUsageStore) -> None:
+async def test_budgets_start_afresh_at_utc_midnight(store: UsageStore) -> None:
     budgets = DailyBudgets(store, Budget(user_daily_tokens=10, guild_daily_tokens=10))
     just_before = MIDNIGHT - timedelta(microseconds=1)
     await budgets.record(ALICE, GUILD, 10, just_before)
@@ -258,7 +280,7 @@ async def test_budgets_start_afresh_at_utc_midnight(store: SqliteUsageStore) -> 
     assert after.resets_at == MIDNIGHT + timedelta(days=1)
 
 
-async def test_the_clock_gives_the_time_when_none_is_passed(store: SqliteUsageStore) -> None:
+async def test_the_clock_gives_the_time_when_none_is_passed(store: UsageStore) -> None:
     times = iter([NOON, NOON, MIDNIGHT])
     budgets = DailyBudgets(store, Budget(user_daily_tokens=5), clock=lambda: next(times))
     await budgets.record(ALICE, None, 5)
@@ -266,7 +288,7 @@ async def test_the_clock_gives_the_time_when_none_is_passed(store: SqliteUsageSt
     assert (await budgets.check(ALICE, None)).allowed
 
 
-async def test_recording_checks_its_input(store: SqliteUsageStore) -> None:
+async def test_recording_checks_its_input(store: UsageStore) -> None:
     budgets = DailyBudgets(store, Budget(user_daily_tokens=5))
     with pytest.raises(ValueError, match="0 or more"):
         await budgets.record(ALICE, GUILD, -1, NOON)
@@ -282,7 +304,7 @@ def test_limits_below_one_are_refused(user_limit: int | None, guild_limit: int |
         Budget(user_daily_tokens=user_limit, guild_daily_tokens=guild_limit)
 
 
-async def test_usage_report_for_the_usage_command(store: SqliteUsageStore) -> None:
+async def test_usage_report_for_the_usage_command(store: UsageStore) -> None:
     budgets = DailyBudgets(store, Budget(user_daily_tokens=5000, guild_daily_tokens=20000))
     await budgets.record(ALICE, GUILD, 1200, NOON)
     await budgets.record(BOB, GUILD, 800, NOON)
@@ -305,7 +327,7 @@ async def test_usage_report_for_the_usage_command(store: SqliteUsageStore) -> No
 class CountingStore:
     """The real store, counting the calls made to it."""
 
-    def __init__(self, store: SqliteUsageStore) -> None:
+    def __init__(self, store: UsageStore) -> None:
         self._store = store
         self.calls: Counter[str] = Counter()
 
@@ -343,7 +365,7 @@ async def used(budgets: DailyBudgets, user_id: int = ALICE, at: datetime = NOON)
     return (await budgets.usage_report(user_id, GUILD, at)).user_tokens
 
 
-async def test_simultaneous_asks_cannot_all_slip_under_the_limit(store: SqliteUsageStore) -> None:
+async def test_simultaneous_asks_cannot_all_slip_under_the_limit(store: UsageStore) -> None:
     # Five asks at once, each estimated at a 100-token prompt plus a 1000-token output cap.
     budgets = DailyBudgets(store, Budget(user_daily_tokens=100))
     holds = await asyncio.gather(*(budgets.reserve(ALICE, GUILD, 1100, NOON) for _ in range(5)))
@@ -357,7 +379,7 @@ async def test_simultaneous_asks_cannot_all_slip_under_the_limit(store: SqliteUs
 
 
 async def test_small_asks_are_let_in_until_the_held_tokens_reach_the_limit(
-    store: SqliteUsageStore,
+    store: UsageStore,
 ) -> None:
     budgets = DailyBudgets(store, Budget(user_daily_tokens=100, guild_daily_tokens=1000))
     holds = await asyncio.gather(*(budgets.reserve(ALICE, GUILD, 30, NOON) for _ in range(10)))
@@ -367,7 +389,7 @@ async def test_small_asks_are_let_in_until_the_held_tokens_reach_the_limit(
     assert (await budgets.reserve(BOB, GUILD, 30, NOON)).allowed
 
 
-async def test_settling_counts_the_real_tokens_not_the_estimate(store: SqliteUsageStore) -> None:
+async def test_settling_counts_the_real_tokens_not_the_estimate(store: UsageStore) -> None:
     budgets = DailyBudgets(store, Budget(user_daily_tokens=1000))
     hold = await budgets.reserve(ALICE, GUILD, 1100, NOON)
     assert hold.allowed
@@ -380,7 +402,7 @@ async def test_settling_counts_the_real_tokens_not_the_estimate(store: SqliteUsa
     assert (await budgets.reserve(ALICE, GUILD, 1100, NOON)).allowed
 
 
-async def test_a_call_that_consumed_nothing_costs_nothing(store: SqliteUsageStore) -> None:
+async def test_a_call_that_consumed_nothing_costs_nothing(store: UsageStore) -> None:
     budgets = DailyBudgets(store, Budget(user_daily_tokens=100))
     hold = await budgets.reserve(ALICE, GUILD, 1100, NOON)
     await hold.settle(0)
@@ -388,7 +410,7 @@ async def test_a_call_that_consumed_nothing_costs_nothing(store: SqliteUsageStor
     assert (await budgets.reserve(ALICE, GUILD, 1100, NOON)).allowed
 
 
-async def test_only_the_first_settle_counts(store: SqliteUsageStore) -> None:
+async def test_only_the_first_settle_counts(store: UsageStore) -> None:
     budgets = DailyBudgets(store, Budget(user_daily_tokens=1000))
     hold = await budgets.reserve(ALICE, GUILD, 500, NOON)
     await asyncio.gather(hold.settle(50), hold.settle(50))
@@ -397,7 +419,7 @@ async def test_only_the_first_settle_counts(store: SqliteUsageStore) -> None:
     assert await used(budgets) == 50
 
 
-async def test_with_no_limits_reserving_costs_no_store_call(store: SqliteUsageStore) -> None:
+async def test_with_no_limits_reserving_costs_no_store_call(store: UsageStore) -> None:
     counting = CountingStore(store)
     budgets = DailyBudgets(counting, Budget(user_daily_tokens=None, guild_daily_tokens=500))
     # In a direct message the server budget does not apply either: nothing to enforce.
@@ -415,7 +437,7 @@ async def test_with_no_limits_reserving_costs_no_store_call(store: SqliteUsageSt
     assert await used(budgets) == 80
 
 
-async def test_a_refused_hold_settles_without_a_store_call(store: SqliteUsageStore) -> None:
+async def test_a_refused_hold_settles_without_a_store_call(store: UsageStore) -> None:
     counting = CountingStore(store)
     budgets = DailyBudgets(counting, Budget(user_daily_tokens=10))
     await budgets.record(ALICE, GUILD, 10, NOON)
@@ -427,7 +449,7 @@ async def test_a_refused_hold_settles_without_a_store_call(store: SqliteUsageSto
 
 
 async def test_a_hold_across_midnight_counts_on_the_day_it_was_reserved(
-    store: SqliteUsageStore,
+    store: UsageStore,
 ) -> None:
     budgets = DailyBudgets(store, Budget(user_daily_tokens=100))
     late = await budgets.reserve(ALICE, GUILD, 100, MIDNIGHT - timedelta(seconds=1))
@@ -443,7 +465,7 @@ async def test_a_hold_across_midnight_counts_on_the_day_it_was_reserved(
 
 
 async def test_a_hold_never_settled_stops_counting_once_it_expires(
-    store: SqliteUsageStore,
+    store: UsageStore,
 ) -> None:
     budgets = DailyBudgets(store, Budget(user_daily_tokens=100))
     # The process holding this crashes before it can settle.
@@ -453,7 +475,8 @@ async def test_a_hold_never_settled_stops_counting_once_it_expires(
     assert (await budgets.reserve(ALICE, GUILD, 10, NOON + HOLD_LIFETIME)).allowed
 
 
-async def test_a_cancelled_reservation_gives_its_hold_back(store: SqliteUsageStore) -> None:
+async def test_a_cancelled_reservation_gives_its_hold_back(sqlite_store: SqliteUsageStore) -> None:
+    store = sqlite_store
     budgets = DailyBudgets(store, Budget(user_daily_tokens=100))
     # Another process holds the file, so the reservation is still under way when the
     # ask is cancelled (say by a shutdown); it completes on the store's thread regardless.
@@ -477,7 +500,7 @@ async def test_a_cancelled_reservation_gives_its_hold_back(store: SqliteUsageSto
     assert await used(budgets) == 0
 
 
-async def test_reserving_checks_its_input(store: SqliteUsageStore) -> None:
+async def test_reserving_checks_its_input(store: UsageStore) -> None:
     budgets = DailyBudgets(store, Budget(user_daily_tokens=100))
     with pytest.raises(ValueError, match="at least 1"):
         await budgets.reserve(ALICE, GUILD, 0, NOON)
@@ -491,7 +514,7 @@ async def test_reserving_checks_its_input(store: SqliteUsageStore) -> None:
         DailyBudgets(store, Budget(), hold_lifetime=timedelta(0))
 
 
-async def test_the_usage_report_shows_spent_tokens_not_holds(store: SqliteUsageStore) -> None:
+async def test_the_usage_report_shows_spent_tokens_not_holds(store: UsageStore) -> None:
     budgets = DailyBudgets(store, Budget(user_daily_tokens=5000, guild_daily_tokens=20000))
     await budgets.record(ALICE, GUILD, 1200, NOON)
     hold = await budgets.reserve(ALICE, GUILD, 1100, NOON)
@@ -502,7 +525,7 @@ async def test_the_usage_report_shows_spent_tokens_not_holds(store: SqliteUsageS
     assert (report.user_tokens, report.guild_tokens) == (1500, 1500)
 
 
-async def test_a_hold_says_what_it_holds_and_nothing_more(store: SqliteUsageStore) -> None:
+async def test_a_hold_says_what_it_holds_and_nothing_more(store: UsageStore) -> None:
     budgets = DailyBudgets(store, Budget(user_daily_tokens=10))
     hold = await budgets.reserve(ALICE, None, 25, NOON)
     assert repr(hold) == (
@@ -517,7 +540,7 @@ async def test_a_hold_says_what_it_holds_and_nothing_more(store: SqliteUsageStor
 
 
 async def test_pruning_keeps_today_and_yesterday_and_drops_expired_holds(
-    store: SqliteUsageStore,
+    store: UsageStore,
 ) -> None:
     budgets = DailyBudgets(store, Budget(user_daily_tokens=1000))
     for day in (12, 13, 14):
