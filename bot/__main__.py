@@ -27,12 +27,19 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import NoReturn, TextIO
+from urllib.parse import urlsplit
 
 import aiohttp
 import discord
 import discord.http
 import yarl
 from dotenv import load_dotenv
+from redis.exceptions import (
+    AuthenticationError,
+    AuthenticationWrongNumberOfArgsError,
+    RedisError,
+)
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bot import logs
 from bot.config import ConfigError, Settings, load_settings
@@ -54,17 +61,13 @@ from bot.fair_use.budgets import (
     estimate_tokens,
 )
 from bot.fair_use.concurrency import AdaptiveConcurrency
-from bot.fair_use.limits import AskGate, Cooldown, InFlight, PerUserCap
+from bot.fair_use.limits import AskGate, InFlight, PerUserCap
 from bot.fair_use.user_limits import LocalUserLimits
 from bot.metrics import Metrics
 from bot.model.llm import Completer, make_client, open_completer
 from bot.model.local_model import LocalModelError
-from bot.store.sqlite import (
-    SqliteConversationStore,
-    SqliteDatabase,
-    SqliteSettingsStore,
-    SqliteUsageStore,
-)
+from bot.store.sqlite import SqliteDatabase
+from bot.store.stores import Stores, local_stores, make_redis, redis_address, shared_stores
 from bot.terminal import Terminal
 
 log = logging.getLogger("bot")
@@ -121,9 +124,14 @@ def configure_logging(settings: Settings, stream: TextIO = sys.stdout) -> None:
     """Log to `stream`, one line per record, with the bot's secrets redacted from each."""
     secrets = [
         secret.reveal()
-        for secret in (settings.discord_token, settings.openai_api_key)
+        for secret in (settings.discord_token, settings.openai_api_key, settings.redis_url)
         if secret is not None
     ]
+    if settings.redis_url is not None:
+        # Libraries may log the password alone, or the URL rebuilt around it.
+        password = urlsplit(settings.redis_url.reveal()).password
+        if password:
+            secrets.append(password)
     logs.configure_logging(
         settings.log_level,
         stream,
@@ -147,21 +155,24 @@ async def run_bot(settings: Settings, stop: asyncio.Event | None = None) -> int:
     stop = stop or asyncio.Event()
     _stop_on_signals(stop)
     assert settings.discord_token is not None, "load_settings requires the token"
+    metrics = Metrics()
     async with (
         open_database(settings) as database,
-        open_fair_use(settings, database) as fair_use,
+        open_stores(settings, database, metrics) as stores,
+        open_fair_use(settings, stores, metrics) as fair_use,
         open_completer(
             settings, local_slots=LOCAL_SLOTS, observer=fair_use.concurrency
         ) as completer,
         open_counter(settings, local_base_url=completer.base_url) as counter,
-        open_conversations(settings, database) as conversations,
+        open_conversations(settings, stores.conversations) as conversations,
         AskBot(
             settings,
             completer,
             fair_use,
             conversations,
             counter,
-            settings_store=SqliteSettingsStore(database),
+            settings_store=stores.settings,
+            identify_turns=stores.identify_turns,
         ) as bot,
     ):
         _fail_fast_on_first_gateway_connect(bot)
@@ -228,11 +239,57 @@ async def open_database(settings: Settings) -> AsyncIterator[SqliteDatabase]:
 
 
 @asynccontextmanager
+async def open_stores(
+    settings: Settings, database: SqliteDatabase, metrics: Metrics
+) -> AsyncIterator[Stores]:
+    """This process's stores: in `database` and memory, or in Redis with REDIS_URL.
+
+    Redis is this process's one client and pool, closed on exit; it must answer at start.
+    """
+    if settings.redis_url is None:
+        if settings.shard_ids is not None and settings.shard_count != len(settings.shard_ids):
+            log.warning(
+                "running shards %s of %s without REDIS_URL: cooldowns and asks in flight are "
+                "counted per process, and budgets and conversations are shared only through "
+                "DATA_PATH on this machine",
+                ",".join(map(str, settings.shard_ids)),
+                settings.shard_count,
+            )
+        yield local_stores(settings, database)
+        return
+    address = redis_address(settings.redis_url.reveal())
+    client = make_redis(settings)
+    try:
+        try:
+            await client.ping()
+        except RedisError as error:
+            raise StartupError(
+                f"cannot reach Redis at {address} (REDIS_URL): {describe_redis_failure(error)}"
+            ) from None
+        log.info("sharing limits, budgets, conversations and settings through Redis at %s", address)
+        yield shared_stores(settings, client, database, metrics)
+    finally:
+        await client.aclose()
+
+
+def describe_redis_failure(error: RedisError) -> str:
+    """A short reason, without the URL (which may carry a password)."""
+    if isinstance(error, AuthenticationError | AuthenticationWrongNumberOfArgsError):
+        return "it refused the password in REDIS_URL"
+    if isinstance(error, RedisTimeoutError):
+        return "no answer within REDIS_TIMEOUT"
+    cause = error.__cause__ or error.__context__
+    if isinstance(cause, ConnectionRefusedError):
+        return "connection refused"
+    text = str(error).strip().splitlines()
+    return text[0][:200] if text else type(error).__name__
+
+
+@asynccontextmanager
 async def open_conversations(
-    settings: Settings, database: SqliteDatabase
+    settings: Settings, store: ConversationStore
 ) -> AsyncIterator[ConversationStore]:
     """The store of conversation turns, pruned to CONVERSATION_RETENTION_DAYS while open."""
-    store = SqliteConversationStore(database)
     pruning = asyncio.create_task(keep_conversations_pruned(store, retention(settings)))
     try:
         yield store
@@ -243,18 +300,22 @@ async def open_conversations(
 
 @asynccontextmanager
 async def open_fair_use(
-    settings: Settings, database: SqliteDatabase | None = None
+    settings: Settings, stores: Stores | None = None, metrics: Metrics | None = None
 ) -> AsyncIterator[FairUse]:
-    """The limits, usage store and metrics of this process, closed on exit.
+    """The limits, budgets and metrics of this process, closed on exit.
 
-    The usage store lives in `database`, or in a file of its own opened here.
+    The usage store and per-user limits come from `stores`, or from a database in
+    DATA_PATH opened here; `metrics` are made here when not given.
     """
-    if database is None:
-        async with open_database(settings) as own, open_fair_use(settings, own) as fair_use:
+    metrics = metrics or Metrics()
+    if stores is None:
+        async with (
+            open_database(settings) as database,
+            open_fair_use(settings, local_stores(settings, database), metrics) as fair_use,
+        ):
             yield fair_use
         return
-    store = SqliteUsageStore(database)
-    metrics = Metrics()
+    store = stores.usage
     if settings.uses_builtin_model:
         # llama.cpp answers this many at once; more would wait inside it unseen, and a
         # place in line shown here would not be true.
@@ -284,10 +345,7 @@ async def open_fair_use(
                 allow_dms=settings.allow_dms,
             ),
             max_prompt_chars=settings.max_prompt_chars,
-            user_limits=LocalUserLimits(
-                Cooldown(settings.ask_cooldown) if settings.ask_cooldown else None,
-                PerUserCap(settings.max_asks_per_user),
-            ),
+            user_limits=stores.user_limits,
             gate=gate,
             in_flight=InFlight(),
             budgets=budgets,

@@ -147,6 +147,7 @@ def forgotten(turns: int) -> str:
 # Models and /settings.
 UNKNOWN_MODEL = "That model isn't offered here. Pick one from the list."
 SETTINGS_NOT_PERMITTED = "Only members who can manage this server can change my settings."
+SETTINGS_UNAVAILABLE = "Settings can't be changed right now, so nothing was saved. Try again soon."
 SETTINGS_SERVER_ONLY = "Settings belong to a server: use /settings in one."
 SETTINGS_EMPTY_PROMPT = "A system prompt needs some text; to remove one, use /settings reset."
 

@@ -17,7 +17,12 @@ from discord import app_commands
 from discord.ext import commands
 
 from bot.answers import replies
-from bot.conversation.settings import MAX_SYSTEM_PROMPT, SettingsStore, effective_prompt
+from bot.conversation.settings import (
+    MAX_SYSTEM_PROMPT,
+    SettingsStore,
+    SettingsUnavailable,
+    effective_prompt,
+)
 from bot.discord_app.ask import matching
 
 log = logging.getLogger(__name__)
@@ -95,7 +100,11 @@ class SettingsCommand(commands.GroupCog, group_name="settings"):
             await interaction.response.send_message(replies.UNKNOWN_MODEL, ephemeral=True)
             return
         guild_id = _guild(interaction)
-        await self._store.set_model(guild_id, name, by=interaction.user.id)
+        try:
+            await self._store.set_model(guild_id, name, by=interaction.user.id)
+        except SettingsUnavailable as error:
+            await _say_unavailable(interaction, error)
+            return
         log.info(
             "settings: user %s set the default model of guild %s to %s",
             interaction.user.id,
@@ -142,7 +151,11 @@ class SettingsCommand(commands.GroupCog, group_name="settings"):
         user_id = interaction.user.id
         if what == "this channel's prompt":
             channel_id = settings_channel(interaction)
-            await self._store.set_prompt(guild_id, channel_id, None, by=user_id)
+            try:
+                await self._store.set_prompt(guild_id, channel_id, None, by=user_id)
+            except SettingsUnavailable as error:
+                await _say_unavailable(interaction, error)
+                return
             log.info(
                 "settings: user %s removed the prompt of channel %s in guild %s",
                 user_id,
@@ -151,7 +164,11 @@ class SettingsCommand(commands.GroupCog, group_name="settings"):
             )
             sentence = replies.setting_saved("this channel's system prompt", None)
         else:
-            count = await self._store.reset(guild_id, by=user_id)
+            try:
+                count = await self._store.reset(guild_id, by=user_id)
+            except SettingsUnavailable as error:
+                await _say_unavailable(interaction, error)
+                return
             log.info("settings: user %s reset %d setting(s) of guild %s", user_id, count, guild_id)
             sentence = replies.settings_reset(count)
         await interaction.response.send_message(sentence, ephemeral=True)
@@ -166,7 +183,11 @@ class SettingsCommand(commands.GroupCog, group_name="settings"):
             await interaction.response.send_message(problem, ephemeral=True)
             return
         guild_id = _guild(interaction)
-        await self._store.set_prompt(guild_id, channel_id, text, by=interaction.user.id)
+        try:
+            await self._store.set_prompt(guild_id, channel_id, text, by=interaction.user.id)
+        except SettingsUnavailable as error:
+            await _say_unavailable(interaction, error)
+            return
         where = f"channel {channel_id}" if channel_id is not None else "the server"
         log.info(
             "settings: user %s set the system prompt of %s in guild %s (%d characters)",
@@ -177,6 +198,11 @@ class SettingsCommand(commands.GroupCog, group_name="settings"):
         )
         what = "this channel's system prompt" if channel_id else "this server's system prompt"
         await interaction.response.send_message(replies.setting_saved(what, text), ephemeral=True)
+
+
+async def _say_unavailable(interaction: discord.Interaction, error: SettingsUnavailable) -> None:
+    log.warning("settings: a change in guild %s was not saved (%s)", interaction.guild_id, error)
+    await interaction.response.send_message(replies.SETTINGS_UNAVAILABLE, ephemeral=True)
 
 
 def prompt_problem(text: str) -> str | None:
