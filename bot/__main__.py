@@ -267,7 +267,12 @@ async def open_stores(
                 f"cannot reach Redis at {address} (REDIS_URL): {describe_redis_failure(error)}"
             ) from None
         log.info("sharing limits, budgets, conversations and settings through Redis at %s", address)
-        yield shared_stores(settings, client, database, metrics)
+        stores = shared_stores(settings, client, database, metrics)
+        try:
+            yield stores
+        finally:
+            if stores.failover is not None:
+                await stores.failover.aclose()
     finally:
         await client.aclose()
 

@@ -6,8 +6,8 @@ DATA_PATH, limits in memory) while it does not, so no ask fails because Redis bl
 
 `Failover` decides where a call goes. The first failure logs one warning, sets the
 `bot_redis_up` gauge to 0 and sends calls to the local stores (each counted in
-`bot_redis_fallbacks`); every `RETRY_SECONDS` one call tries Redis again, and the first
-that succeeds logs one line and sends everything back. A failure is any Redis error:
+`bot_redis_fallbacks`); every `RETRY_SECONDS` a PING asks whether Redis is back, and the
+first answer logs one line and sends everything back. A failure is any Redis error:
 refused or lost connections, timeouts (REDIS_TIMEOUT) and errors Redis answers with
 (out of memory, a read-only replica).
 
@@ -24,8 +24,8 @@ What holds across processes while Redis is away, and what comes back:
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import NoReturn, TypeVar
@@ -58,42 +58,50 @@ RETRY_SECONDS = 5.0
 """How often one call tries Redis again while it is away."""
 
 SHARED_TURN_IDS = 2**40
-"""The first turn id the Redis store gives; the local stores' ids stay below it."""
+"""Below every turn id the Redis store gives (they start from its clock in milliseconds,
+about 1.7e12 in 2025); the local stores' ids count from 1 and stay far below it."""
 
 
 class Failover:
-    """Where store calls go: Redis while it answers, this process's own stores meanwhile."""
+    """Where store calls go: Redis while it answers, this process's own stores meanwhile.
+
+    `probe` (a PING) is what tells, every `retry_seconds` while Redis is away, whether it
+    is back; calls never wait for Redis meanwhile. `aclose` stops the probing.
+    """
 
     def __init__(
         self,
         where: str,
         metrics: Metrics,
+        probe: Callable[[], Awaitable[object]],
         *,
         retry_seconds: float = RETRY_SECONDS,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._where = where
         self._metrics = metrics
+        self._probe = probe
         self._retry_seconds = retry_seconds
-        self._clock = clock
-        self._retry_at: float | None = None
+        self._shared = asyncio.Event()
+        self._shared.set()
+        self._probing: asyncio.Task[None] | None = None
         metrics.redis_up.set(1)
 
     @property
     def shared(self) -> bool:
         """Whether calls go to Redis now."""
-        return self._retry_at is None
+        return self._shared.is_set()
+
+    async def until_shared(self) -> None:
+        """Return once calls go to Redis (at once while they do)."""
+        await self._shared.wait()
 
     async def run(self, shared: Callable[[], Awaitable[T]], local: Callable[[], Awaitable[T]]) -> T:
         """`shared()` on Redis, or `local()` when Redis is away or fails now."""
-        if self._should_try():
+        if self._shared.is_set():
             try:
-                result = await shared()
+                return await shared()
             except redis.exceptions.RedisError as error:
                 self._lost(error)
-            else:
-                self._reached()
-                return result
         self._metrics.redis_fallbacks.inc()
         return await local()
 
@@ -106,33 +114,36 @@ class Failover:
 
         return await self.run(shared, fallback)
 
-    def _should_try(self) -> bool:
-        if self._retry_at is None:
-            return True
-        now = self._clock()
-        if now < self._retry_at:
-            return False
-        # This call probes; the others keep going to the local stores until it is back.
-        self._retry_at = now + self._retry_seconds
-        return True
+    async def aclose(self) -> None:
+        if self._probing is not None:
+            self._probing.cancel()
+            await asyncio.wait({self._probing})
 
     def _lost(self, error: redis.exceptions.RedisError) -> None:
-        was_shared = self._retry_at is None
-        self._retry_at = self._clock() + self._retry_seconds
-        if was_shared:
-            self._metrics.redis_up.set(0)
-            log.warning(
-                "Redis at %s is unreachable (%s): limits, budgets and new conversations are "
-                "kept by this process until it is back",
-                self._where,
-                _describe(error),
-            )
+        if not self._shared.is_set():
+            return
+        self._shared.clear()
+        self._metrics.redis_up.set(0)
+        log.warning(
+            "Redis at %s is unreachable (%s): limits, budgets and new conversations are "
+            "kept by this process until it is back",
+            self._where,
+            _describe(error),
+        )
+        self._probing = asyncio.create_task(self._until_back())
 
-    def _reached(self) -> None:
-        if self._retry_at is not None:
-            self._retry_at = None
+    async def _until_back(self) -> None:
+        while True:
+            # Nothing announces that Redis is back: asking is the only way to know.
+            await asyncio.sleep(self._retry_seconds)
+            try:
+                await self._probe()
+            except redis.exceptions.RedisError:
+                continue
+            self._shared.set()
             self._metrics.redis_up.set(1)
             log.info("Redis at %s is reachable again: state is shared again", self._where)
+            return
 
 
 def _describe(error: redis.exceptions.RedisError) -> str:

@@ -85,7 +85,7 @@ def shared_stores(
     """The stores in Redis through `client`, with `local_stores` behind them."""
     assert settings.redis_url is not None, "shared stores need REDIS_URL"
     local = local_stores(settings, database)
-    failover = Failover(redis_address(settings.redis_url.reveal()), metrics)
+    failover = Failover(redis_address(settings.redis_url.reveal()), metrics, client.ping)
     return Stores(
         usage=FailoverUsageStore(RedisUsageStore(client), local.usage, failover),
         conversations=FailoverConversationStore(
