@@ -29,7 +29,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from bot.__main__ import CLOSING_TIMEOUT, _parse_args
-from bot.config import load_settings
+from bot.config import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
@@ -480,3 +480,124 @@ def test_the_documented_ollama_url_reaches_the_service(document: str) -> None:
         parts = urlsplit(url)
         assert parts.hostname in load_compose()["services"]
         assert (parts.port, parts.path) == (11434, "/v1"), "Ollama's OpenAI-compatible API"
+
+
+# --- the shards profile: several processes sharing Redis ----------------------------------
+
+SHARD_SETTINGS = {"SHARD_COUNT", "SHARD_IDS", "REDIS_URL"}
+
+
+def shard_services(compose: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The bot services that run a part of the bot's shards (they set SHARD_IDS)."""
+    services: dict[str, dict[str, Any]] = compose["services"]
+    return {
+        name: service
+        for name, service in services.items()
+        if "SHARD_IDS" in service.get("environment", {})
+    }
+
+
+def settings_of(service: Mapping[str, Any]) -> Settings:
+    """The settings a service's environment gives the bot (over an .env with a token)."""
+    return load_settings({"DISCORD_TOKEN": "token", **service.get("environment", {})})
+
+
+def test_the_shard_processes_run_every_shard_exactly_once() -> None:
+    shards = shard_services(load_compose())
+    assert len(shards) >= 2, "the shards profile runs the bot as several processes"
+    layouts = {name: settings_of(service) for name, service in shards.items()}
+    counts = {settings.shard_count for settings in layouts.values()}
+    assert len(counts) == 1, f"every process must agree on SHARD_COUNT: {counts}"
+    (count,) = counts
+    assert count is not None
+    run = sorted(shard for s in layouts.values() for shard in s.shard_ids or ())
+    assert run == list(range(count)), "each shard of 0..SHARD_COUNT-1 in exactly one process"
+    for name, service in shards.items():
+        assert service["profiles"] == ["shards"], f"{name}: not started by a plain `up`"
+
+
+def test_the_shard_processes_share_one_redis_that_is_up_before_them() -> None:
+    compose = load_compose()
+    services = compose["services"]
+    urls: set[str] = set()
+    for name, service in shard_services(compose).items():
+        secret = settings_of(service).redis_url
+        assert secret is not None, f"{name} has no REDIS_URL: its limits would be its own"
+        urls.add(secret.reveal())
+        host = urlsplit(secret.reveal()).hostname
+        assert host in services, f"{name}: REDIS_URL names no service of the file"
+        assert service["depends_on"][host]["condition"] == "service_healthy", name
+    assert len(urls) == 1, f"one Redis for all the processes: {urls}"
+    (shared,) = urls
+    assert urlsplit(shared).port in {None, 6379}, "the image's port"
+
+
+def test_redis_is_recent_persisted_and_checked_for_health() -> None:
+    compose = load_compose()
+    redis = compose["services"]["redis"]
+    assert redis["profiles"] == ["shards"]
+    name, _, tag = redis["image"].partition(":")
+    assert name in {"redis", "valkey/valkey"}, "an official image"
+    version = re.match(r"(\d+)(?:\.(\d+))?", tag)
+    assert version, f"a released version, not {tag!r}"
+    assert (int(version[1]), int(version[2] or 0)) >= (6, 2), "the bot needs Redis 6.2"
+    # Counts and conversations survive a restart of Redis: an append-only file on a volume.
+    command = redis["command"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+    volume, target = redis["volumes"][0].split(":")
+    assert target == "/data", "where the official images keep their data"
+    assert volume in compose["volumes"]
+    assert redis["healthcheck"]["test"] in (
+        ["CMD", "redis-cli", "ping"],
+        ["CMD", "valkey-cli", "ping"],
+    )
+    assert "ports" not in redis, "only the bot processes talk to it"
+
+
+def test_each_shard_process_is_the_bot_with_a_database_of_its_own() -> None:
+    compose = load_compose()
+    bot = compose["services"]["bot"]
+    (volume,) = FINAL.last("VOLUME").exec_form()
+    own_volumes = []
+    for name, service in shard_services(compose).items():
+        for key in ("build", "image", "env_file", "restart"):
+            assert service[key] == bot[key], f"{name}: {key} differs from the bot's"
+        grace = seconds(service["stop_grace_period"])
+        assert grace > DEFAULTS.shutdown_grace + CLOSING_TIMEOUT, name
+        assert service["environment"]["DATA_PATH"] == volume, name
+        (mount,) = service["volumes"]
+        own, target = mount.split(":")
+        assert target == volume
+        assert own in compose["volumes"], f"{name}: a named volume"
+        own_volumes.append(own)
+    # What a process keeps while Redis is away is its own: one SQLite file per process.
+    data = next(v.split(":")[0] for v in bot["volumes"] if v.endswith(f":{volume}"))
+    assert len(set(own_volumes)) == len(own_volumes)
+    assert data not in own_volumes
+
+
+def test_the_plain_bot_service_stays_one_process_with_its_own_state() -> None:
+    bot = load_compose()["services"]["bot"]
+    assert not SHARD_SETTINGS & set(bot["environment"])
+    settings = settings_of(bot)
+    assert (settings.shard_count, settings.shard_ids, settings.redis_url) == (None, None, None)
+
+
+@pytest.mark.parametrize("document", [COMPOSE.read_text(), README], ids=["compose", "readme"])
+def test_the_documented_command_starts_every_shard_process_and_not_the_bot(
+    document: str,
+) -> None:
+    shards = set(shard_services(load_compose()))
+    commands = [
+        shlex.split(line.lstrip("# "))
+        for line in document.splitlines()
+        if line.lstrip("# ").startswith("docker compose --profile shards up")
+    ]
+    assert commands, "says how to start the shard processes"
+    named = [
+        {word for word in words[words.index("up") + 1 :] if not word.startswith("-")}
+        for words in commands
+    ]
+    # Without the names, `up` starts the single bot too, on every shard at once.
+    assert all(names and "bot" not in names for names in named)
+    assert shards in named

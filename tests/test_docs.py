@@ -78,3 +78,15 @@ def test_each_documented_provider_setup_is_valid_and_reaches_its_url() -> None:
         assert str(client.base_url).rstrip("/") == expected, block
         assert expected.endswith("/v1"), f"{expected}: compatible servers serve the API under /v1"
         assert settings.openai_model == block["OPENAI_MODEL"]
+
+
+def test_every_metric_the_bot_serves_is_in_the_readme() -> None:
+    from bot.metrics import Metrics
+
+    section = README.split("## Operating it", 1)[1].split("\n## ", 1)[0]
+    families = list(Metrics().registry.collect())
+    assert len(families) >= 10
+    for family in families:
+        # Counters are scraped with the `_total` suffix, which is the name people query.
+        name = family.name + ("_total" if family.type == "counter" else "")
+        assert re.search(rf"`{name}[`{{]", section), f"{name} missing from the README's metrics"
