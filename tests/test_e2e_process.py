@@ -13,7 +13,6 @@ import re
 import signal
 import socket
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -214,14 +213,6 @@ async def test_help_says_what_it_does_where_settings_come_from_and_the_exit_stat
 
 
 # --- Discord unreachable ------------------------------------------------------------------
-
-
-@pytest.fixture
-def closed_port() -> Iterator[int]:
-    """A port of 127.0.0.1 that refuses connections: bound, never listening."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        yield int(sock.getsockname()[1])
 
 
 @pytest.mark.parametrize("command", [(), ("sync",)])
