@@ -173,6 +173,7 @@ async def run_bot(settings: Settings, stop: asyncio.Event | None = None) -> int:
             counter,
             settings_store=stores.settings,
             identify_turns=stores.identify_turns,
+            shard_claims=stores.shard_claims,
         ) as bot,
     ):
         _fail_fast_on_first_gateway_connect(bot)

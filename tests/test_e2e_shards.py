@@ -58,18 +58,18 @@ def shard_settings(
     **more: str,
 ) -> dict[str, str]:
     """A process running `shards`, with the files of `machine` (by default its own)."""
-    return settings_for(
+    settings = settings_for(
         fake,
         model,
         data,
-        # Commands are global (synced once, below); no process syncs a server of its own.
+        # Commands are global (synced once, below), unless a test says otherwise.
         DISCORD_GUILD_ID="",
         SHARD_COUNT=str(SHARDS),
         SHARD_IDS=shards,
         REDIS_URL=redis_url,
         DATA_PATH=str(data / f"machine-{machine or shards}"),
-        **more,
     )
+    return {**settings, **more}
 
 
 async def sync_globally(fake: FakeDiscord, model: FakeOpenAI, data: Path) -> None:
@@ -227,12 +227,19 @@ async def test_asks_are_answered_while_redis_is_down_and_shared_again_once_it_is
     await sync_globally(fake, fake_openai, tmp_path)
     url = own_redis.url
     people = itertools.cycle(fake.users)
+    # A development server: only the process running its shard syncs its commands.
+    server = {"DISCORD_GUILD_ID": str(fake.guild_id)}
     async with (
-        launched(fake, shard_settings(fake, fake_openai, tmp_path, url, "0"), tmp_path) as first,
-        launched(fake, shard_settings(fake, fake_openai, tmp_path, url, "1"), tmp_path) as second,
+        launched(
+            fake, shard_settings(fake, fake_openai, tmp_path, url, "0", **server), tmp_path
+        ) as first,
+        launched(
+            fake, shard_settings(fake, fake_openai, tmp_path, url, "1", **server), tmp_path
+        ) as second,
     ):
         bots = [first, second]
         await all_connected(fake, bots)
+        assert [sync.guild_id for sync in fake.command_syncs] == [None, fake.guild_id]
 
         async def ask_both(prompt: str) -> list[str]:
             user = next(people)
@@ -286,3 +293,35 @@ async def test_redis_unreachable_at_start_exits_1_with_one_line(
     assert "Traceback" not in bot.output
     assert "hunter2" not in bot.output
     assert fake_discord.gateway.identifies == []
+
+
+async def test_a_second_process_for_the_same_shard_waits_until_the_first_stops(
+    discord_fake: FakeDiscord, fake_openai: FakeOpenAI, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    # A new deployment started before the old one stopped, or a typo in SHARD_IDS: the
+    # shard must never run twice, or every ask in its guilds would be answered twice.
+    fake = discord_fake
+    await sync_globally(fake, fake_openai, tmp_path)
+    url = redis_server.url
+    old = shard_settings(fake, fake_openai, tmp_path, url, "0", machine="old")
+    new = shard_settings(fake, fake_openai, tmp_path, url, "0", machine="new")
+
+    def sessions_of_shard_0() -> int:
+        return sum(1 for identify in fake.gateway.identifies if identify.get("shard") == [0, 2])
+
+    async with launched(fake, old, tmp_path) as first:
+        await first.logged("connected to Discord as")
+        async with launched(fake, new, tmp_path) as second:
+            await second.logged("shard 0 of 2 is run by another process")
+            assert sessions_of_shard_0() == 1
+            first.stop()
+            assert await first.exit_status() == EXIT_OK, first.output
+            await second.logged("connected to Discord as")
+            assert sessions_of_shard_0() == 2
+
+            asked = fake.dispatch_interaction(
+                "ask", {"prompt": "Once?"}, channel_id=channel_on(fake, 0)
+            )
+            assert await outcome(asked, second) == "answered"
+            assert len(fake_openai.requests) == 1
+            await stop([second])

@@ -7,6 +7,8 @@ several bot processes.
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 from collections.abc import AsyncIterator, Callable
 from typing import Literal
 
@@ -16,7 +18,12 @@ import redis.asyncio as redis
 from bot.discord_app.identify import LocalIdentifyTurns
 from bot.fair_use.limits import Cooldown, CooldownSpec, PerUserCap
 from bot.fair_use.user_limits import LocalUserLimits, UserLimits, UserRefusal, UserSlot
-from bot.store.redis_limits import SLOT_LIFETIME, RedisIdentifyTurns, RedisUserLimits
+from bot.store.redis_limits import (
+    SLOT_LIFETIME,
+    RedisIdentifyTurns,
+    RedisShardClaims,
+    RedisUserLimits,
+)
 from tests.redis_server import RedisServer
 
 ALICE, BOB = 1001, 1002
@@ -180,3 +187,34 @@ async def test_local_identify_turns_let_other_buckets_through() -> None:
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting
+
+
+async def test_a_shard_claimed_by_one_process_waits_in_another_until_given_back(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with (
+        redis.Redis.from_url(redis_server.url) as first_client,
+        redis.Redis.from_url(redis_server.url) as second_client,
+    ):
+        first = RedisShardClaims(first_client, lifetime=0.6)
+        second = RedisShardClaims(second_client, lifetime=0.6)
+        await first.claim(0, 2)
+        # Claiming again is harmless; another shard (or count) is free at once.
+        await first.claim(0, 2)
+        await second.claim(1, 2)
+        await second.claim(0, 3)
+        waiting = asyncio.create_task(second.claim(0, 2))
+        await asyncio.sleep(0)
+        await first_client.ping()
+        assert not waiting.done()
+        [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert "shard 0 of 2 is run by another process" in warning.getMessage()
+        assert str(os.getpid()) in warning.getMessage()
+
+        await first.release_all()
+        await waiting
+        assert await second_client.get("askbot:shard:2:0") == await second_client.get(
+            "askbot:shard:2:1"
+        )
+        await second.release_all()
+        assert await second_client.keys("askbot:shard:*") == []

@@ -1,8 +1,9 @@
 """What server admins set for their server and its channels, and what a store of it does.
 
     ServerSettings      a server's default model, its system prompt and its channels' prompts
-    SettingsStore       what a store of them must do (a Protocol); the SQLite one is
-                        `bot.store.sqlite.SqliteSettingsStore`
+    SettingsStore       what a store of them must do (a Protocol):
+                        `bot.store.sqlite.SqliteSettingsStore` for one machine,
+                        `bot.store.redis.RedisSettingsStore` for every process
     MAX_SYSTEM_PROMPT   the longest system prompt a server or channel may be given
     effective_prompt    the system prompt an ask in a channel gets
 
@@ -46,8 +47,7 @@ class SettingsStore(Protocol):
     """The settings of every server, written by its admins through `/settings`.
 
     Every write is atomic and records who made it (`by`, a user id). Text is stored exactly
-    as given: what is shown back is what was saved. A shared store fits Redis as one hash
-    per server (`settings:<guild id>`, fields `model`, `prompt` and `prompt:<channel id>`).
+    as given: what is shown back is what was saved.
     A write may raise `SettingsUnavailable` when the store cannot take it now.
     """
 

@@ -1,10 +1,11 @@
 """The turns of a conversation and what a store of them must do.
 
-    TurnId              a turn's id: a small integer, never reused, fit for a custom_id
+    TurnId              a turn's id: an integer, never reused, fit for a custom_id
     NewTurn             a turn as the bot saves it, before it has an id
     Turn                a saved turn
-    ConversationStore   what a store of turns must do (a Protocol); the SQLite one is
-                        `bot.store.sqlite.SqliteConversationStore`
+    ConversationStore   what a store of turns must do (a Protocol):
+                        `bot.store.sqlite.SqliteConversationStore` for one machine,
+                        `bot.store.redis.RedisConversationStore` for every process
     may_continue        whether a person may continue the conversation at a turn
 
 A conversation is the chain of turns the bot answered: a fresh `/ask` is a root (no parent);
@@ -101,23 +102,8 @@ class ConversationStore(Protocol):
     own conversation (`parent_id` None). A chain therefore stops cleanly where something was
     deleted and never reaches past it; `chain` also stops at any parent it cannot find.
 
-    A store shared by several bot processes fits Redis well (with the retention as expiry):
-    - ids from `INCR turns:next` (never reused, even after deletions);
-    - `turn:<id>`: a hash of the turn's fields, with an EXPIRE of the retention, so `prune`
-      has little left to do;
-    - `turn:<id>:messages` (a set of message ids) and one `message:<message id>` string key
-      per answer message holding the turn id, each with the same expiry as its turn;
-    - `user:<user id>:turns` and `turn:<id>:children`: sets of turn ids, for `forget_user`,
-      and `turns:by_time`, a sorted set of turn ids scored by `created_at`, for `prune`;
-    - `save`, `add_messages` and `forget_user` are each one Lua script (MULTI/EXEC cannot read
-      while it writes): `save` checks the parent's hash still exists, else saves a root;
-      `forget_user` deletes each of the user's turns with its message keys, clears the parent
-      field of each child not theirs, and drops the sets;
-    - `chain` is one Lua script walking `parent` fields with HGETALL, up to `max_turns`, and
-      stopping at the first missing hash (an expired parent ends the chain like a deleted one);
-    - `prune` is ZRANGEBYSCORE on `turns:by_time` up to the cut-off, then the same deletion
-      as `forget_user` for those ids, in batches; the expiry is only a safety net for a
-      process that stopped pruning.
+    `bot.store.redis` keeps it in Redis for every process of the bot, each call one Lua
+    script or one command; its docstring lists the keys.
     """
 
     async def save(self, turn: NewTurn, message_ids: Sequence[int] = ()) -> Turn:

@@ -29,6 +29,7 @@ from bot.discord_app.identify import IdentifyTurns, LocalIdentifyTurns, bucket_o
 from bot.discord_app.pacing import ChannelPacer
 from bot.discord_app.pipeline import AskPipeline, FairUse
 from bot.discord_app.settings_command import SettingsCommand
+from bot.discord_app.shard_claims import LocalShardClaims, ShardClaims
 from bot.discord_app.tree import AskTree
 from bot.model.llm import Completer
 
@@ -53,6 +54,7 @@ class AskBot(commands.AutoShardedBot):
         *,
         settings_store: SettingsStore,
         identify_turns: IdentifyTurns | None = None,
+        shard_claims: ShardClaims | None = None,
         sync_on_start: bool = True,
     ) -> None:
         dms = settings.allow_dms
@@ -79,6 +81,7 @@ class AskBot(commands.AutoShardedBot):
         # Set here rather than passed: discord.py's options type has no "all of them".
         self.shard_ids = list(settings.shard_ids) if settings.shard_ids is not None else None
         self._identify_turns = identify_turns or LocalIdentifyTurns()
+        self._shard_claims = shard_claims or LocalShardClaims()
         self._max_concurrency: int | None = None
         self._fair_use = fair_use
         self._settings = settings
@@ -141,15 +144,23 @@ class AskBot(commands.AutoShardedBot):
         return ids is None or count is None or (guild_id >> 22) % count in ids
 
     async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
-        """Wait for this shard's turn in its rate-limit bucket (see `bot.discord_app.identify`).
+        """Claim the shard (see `bot.discord_app.shard_claims`), then wait for its turn in its
+        rate-limit bucket (see `bot.discord_app.identify`).
 
         discord.py's own hook sleeps 5 s before every IDENTIFY but the first of this
         process, which neither lets large bots start shards together nor keeps several
         processes apart.
         """
+        shard = shard_id or 0
+        await self._shard_claims.claim(shard, self.shard_count or 1)
         if self._max_concurrency is None:
             self._max_concurrency = await self._fetch_max_concurrency()
-        await self._identify_turns.wait_turn(bucket_of(shard_id or 0, self._max_concurrency))
+        await self._identify_turns.wait_turn(bucket_of(shard, self._max_concurrency))
+
+    async def close(self) -> None:
+        """Close every shard's connection, then give the shards back for another process."""
+        await super().close()
+        await self._shard_claims.release_all()
 
     async def _fetch_max_concurrency(self) -> int:
         try:

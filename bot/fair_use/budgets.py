@@ -1,7 +1,8 @@
 """Daily token budgets per user and per server.
 
     UsageStore          what a store of daily token counts and holds must do (a Protocol);
-                        the SQLite one is `bot.store.sqlite.SqliteUsageStore`
+                        `bot.store.sqlite.SqliteUsageStore` for one machine,
+                        `bot.store.redis.RedisUsageStore` for every process
     DailyBudgets        reserves tokens before an ask, counts what it cost, prunes old days
     Hold                the tokens reserved for one ask, until it settles
     Reservation         a hold as the store keeps it
@@ -135,20 +136,8 @@ class UsageStore(Protocol):
     the store, never lose an increment, and `reserve` decides and takes its hold as one
     step, so two asks can never both see the same room left under a limit.
 
-    A store shared by several bot processes fits Redis well:
-    - counts: one key per day and scope, `usage:<day>:user:<id>` and
-      `usage:<day>:guild:<id>`, raised with INCRBY and given an EXPIRE of a couple of
-      days, so `prune` has nothing left to do; `totals` is one MGET of the two keys.
-    - holds: one sorted set per day and scope, `holds:<day>:user:<id>` and
-      `holds:<day>:guild:<id>`, whose members are `<hold id>:<tokens>` scored by
-      `expires_at` (and an EXPIRE of a couple of days too).
-    - `reserve` is one Lua script over those four keys (the guild two only inside a server):
-      ZREMRANGEBYSCORE each set from -inf to `now` (expired holds stop counting), add up
-      the tokens of the members left (a handful: one per ask in flight) and the GET of the
-      count; return the first scope at or over its limit, or ZADD the member to both sets.
-      Redis runs a script alone, so nothing can slip between the sum and the ZADD.
-    - `settle` is one MULTI/EXEC (or a script): ZREM the member from both sets and INCRBY
-      both counts of the reservation's own day.
+    `bot.store.redis` keeps it in Redis for every process of the bot, each call one Lua
+    script or one command; its docstring lists the keys.
     """
 
     async def add(self, day: str, user_id: int, guild_id: int | None, tokens: int) -> None:

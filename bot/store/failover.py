@@ -35,6 +35,7 @@ import redis.exceptions
 from bot.conversation.settings import ServerSettings, SettingsStore, SettingsUnavailable
 from bot.conversation.turns import ConversationStore, NewTurn, Turn, TurnId
 from bot.discord_app.identify import IdentifyTurns
+from bot.discord_app.shard_claims import ShardClaims
 from bot.fair_use.budgets import Reservation, Scope, Totals, UsageStore
 from bot.fair_use.user_limits import UserLimits, UserRefusal, UserSlot
 from bot.metrics import Metrics
@@ -46,6 +47,7 @@ __all__ = [
     "FailoverConversationStore",
     "FailoverIdentifyTurns",
     "FailoverSettingsStore",
+    "FailoverShardClaims",
     "FailoverUsageStore",
     "FailoverUserLimits",
 ]
@@ -360,3 +362,22 @@ class FailoverIdentifyTurns:
         await self._failover.run(
             lambda: self._shared.wait_turn(bucket), lambda: self._local.wait_turn(bucket)
         )
+
+
+class FailoverShardClaims:
+    """`ShardClaims` through Redis; granted unchecked while Redis is away (a process cannot
+    wait for a shard on a state nobody can read)."""
+
+    def __init__(self, shared: ShardClaims, local: ShardClaims, failover: Failover) -> None:
+        self._shared = shared
+        self._local = local
+        self._failover = failover
+
+    async def claim(self, shard_id: int, shard_count: int) -> None:
+        await self._failover.run(
+            lambda: self._shared.claim(shard_id, shard_count),
+            lambda: self._local.claim(shard_id, shard_count),
+        )
+
+    async def release_all(self) -> None:
+        await self._failover.attempt(self._shared.release_all, None)

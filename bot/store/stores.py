@@ -1,10 +1,11 @@
 """The stores of one bot process, local or shared, built from the settings.
 
 `local_stores` is the single-process bot: usage, conversations and settings in the SQLite
-file of DATA_PATH, per-user limits and IDENTIFY turns in memory. `shared_stores` puts all
-of them in Redis for every process of the bot, each with the local one behind it while
-Redis is away (`bot.store.failover`). `make_redis` builds this process's one Redis client
-from the validated settings only: redis-py reads no environment of its own.
+file of DATA_PATH, per-user limits, IDENTIFY turns and shard claims in memory.
+`shared_stores` puts all of them in Redis for every process of the bot, each with the
+local one behind it while Redis is away (`bot.store.failover`). `make_redis` builds this
+process's one Redis client from the validated settings only: redis-py reads no environment
+of its own.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from bot.conversation.retention import retention
 from bot.conversation.settings import SettingsStore
 from bot.conversation.turns import ConversationStore
 from bot.discord_app.identify import IdentifyTurns, LocalIdentifyTurns
+from bot.discord_app.shard_claims import LocalShardClaims, ShardClaims
 from bot.fair_use.budgets import UsageStore
 from bot.fair_use.limits import Cooldown, PerUserCap
 from bot.fair_use.user_limits import LocalUserLimits, UserLimits
@@ -30,11 +32,12 @@ from bot.store.failover import (
     FailoverConversationStore,
     FailoverIdentifyTurns,
     FailoverSettingsStore,
+    FailoverShardClaims,
     FailoverUsageStore,
     FailoverUserLimits,
 )
 from bot.store.redis import RedisConversationStore, RedisSettingsStore, RedisUsageStore
-from bot.store.redis_limits import RedisIdentifyTurns, RedisUserLimits
+from bot.store.redis_limits import RedisIdentifyTurns, RedisShardClaims, RedisUserLimits
 from bot.store.sqlite import (
     SqliteConversationStore,
     SqliteDatabase,
@@ -64,6 +67,7 @@ class Stores:
     settings: SettingsStore
     user_limits: UserLimits
     identify_turns: IdentifyTurns
+    shard_claims: ShardClaims
     failover: Failover | None = None
     """Where calls go now, when the stores are shared (None: local stores only)."""
 
@@ -76,6 +80,7 @@ def local_stores(settings: Settings, database: SqliteDatabase) -> Stores:
         settings=SqliteSettingsStore(database),
         user_limits=_local_user_limits(settings),
         identify_turns=LocalIdentifyTurns(),
+        shard_claims=LocalShardClaims(),
     )
 
 
@@ -100,6 +105,7 @@ def shared_stores(
         identify_turns=FailoverIdentifyTurns(
             RedisIdentifyTurns(client), local.identify_turns, failover
         ),
+        shard_claims=FailoverShardClaims(RedisShardClaims(client), local.shard_claims, failover),
         failover=failover,
     )
 
