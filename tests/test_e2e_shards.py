@@ -9,8 +9,10 @@ share, they share through Redis.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +88,35 @@ async def all_connected(fake: FakeDiscord, bots: Sequence[Bot]) -> None:
     assert fake.gateway.ready_shards() == {(shard, SHARDS) for shard in range(SHARDS)}
 
 
+@asynccontextmanager
+async def processes(
+    fake: FakeDiscord,
+    model: FakeOpenAI,
+    data: Path,
+    redis_url: str,
+    *,
+    layout: Sequence[tuple[str, str]] = (("0", "0"), ("1", "1")),
+    more: Mapping[str, str] | None = None,
+) -> AsyncIterator[list[Bot]]:
+    """One process for each (shards, machine) of `layout`, started together; yielded once
+    all are connected."""
+    async with contextlib.AsyncExitStack() as stack:
+        bots = [
+            await stack.enter_async_context(
+                launched(
+                    fake,
+                    shard_settings(
+                        fake, model, data, redis_url, shards, machine=machine, **(more or {})
+                    ),
+                    data,
+                )
+            )
+            for shards, machine in layout
+        ]
+        await all_connected(fake, bots)
+        yield bots
+
+
 async def outcome(handle: InteractionHandle, bot: Bot) -> str:
     """How the ask ended, from the one line the process that answered it logs."""
     line = await bot.logged(f"ask interaction={handle.id} ")
@@ -113,19 +144,8 @@ async def test_the_cap_the_cooldown_and_the_budget_hold_across_two_processes(
     limits = {"MAX_ASKS_PER_USER": "1", "ASK_COOLDOWN": "2/3600", "USER_DAILY_TOKENS": "2000"}
     here, there = channel_on(fake, 0), channel_on(fake, 1)
     alice, bob = fake.users[0], fake.users[1]
-    async with (
-        launched(
-            fake,
-            shard_settings(fake, fake_openai, tmp_path, redis_server.url, "0", **limits),
-            tmp_path,
-        ) as first,
-        launched(
-            fake,
-            shard_settings(fake, fake_openai, tmp_path, redis_server.url, "1", **limits),
-            tmp_path,
-        ) as second,
-    ):
-        await all_connected(fake, [first, second])
+    async with processes(fake, fake_openai, tmp_path, redis_server.url, more=limits) as bots:
+        first, second = bots
         # Started together, they took turns to IDENTIFY: Discord refused neither.
         assert fake.gateway.identify_rate_limited == []
 
@@ -185,11 +205,8 @@ async def test_a_conversation_continues_after_its_guild_moves_to_another_process
     url = redis_server.url
 
     fake_openai.script(Reply("Paris."))
-    async with (
-        launched(fake, shard_settings(fake, fake_openai, tmp_path, url, "0"), tmp_path) as first,
-        launched(fake, shard_settings(fake, fake_openai, tmp_path, url, "1"), tmp_path) as second,
-    ):
-        await all_connected(fake, [first, second])
+    async with processes(fake, fake_openai, tmp_path, url) as bots:
+        first, second = bots
         asked = fake.dispatch_interaction(
             "ask", {"prompt": "What is the capital of France?"}, user=alice, channel_id=channel
         )
@@ -199,15 +216,9 @@ async def test_a_conversation_continues_after_its_guild_moves_to_another_process
 
     # The same processes (and their files), each now running the other's shard.
     fake_openai.script(Reply("Rome."))
-    async with (
-        launched(
-            fake, shard_settings(fake, fake_openai, tmp_path, url, "1", machine="0"), tmp_path
-        ) as moved,
-        launched(
-            fake, shard_settings(fake, fake_openai, tmp_path, url, "0", machine="1"), tmp_path
-        ) as other,
-    ):
-        await all_connected(fake, [moved, other])
+    swapped = [("1", "0"), ("0", "1")]
+    async with processes(fake, fake_openai, tmp_path, url, layout=swapped) as bots:
+        moved, other = bots
         # Restarted within Discord's window, they still waited for their turns.
         assert fake.gateway.identify_rate_limited == []
         fake.post_message(alice, "And of Italy?", channel_id=channel, reply_to=answer.id)
@@ -229,16 +240,7 @@ async def test_asks_are_answered_while_redis_is_down_and_shared_again_once_it_is
     people = itertools.cycle(fake.users)
     # A development server: only the process running its shard syncs its commands.
     server = {"DISCORD_GUILD_ID": str(fake.guild_id)}
-    async with (
-        launched(
-            fake, shard_settings(fake, fake_openai, tmp_path, url, "0", **server), tmp_path
-        ) as first,
-        launched(
-            fake, shard_settings(fake, fake_openai, tmp_path, url, "1", **server), tmp_path
-        ) as second,
-    ):
-        bots = [first, second]
-        await all_connected(fake, bots)
+    async with processes(fake, fake_openai, tmp_path, url, more=server) as bots:
         assert [sync.guild_id for sync in fake.command_syncs] == [None, fake.guild_id]
 
         async def ask_both(prompt: str) -> list[str]:
