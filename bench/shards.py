@@ -16,6 +16,10 @@ recommending 2 shards with `max_concurrency` 2) and a fresh scripted model
 - sqlite: one process running both shards without REDIS_URL (SQLite and memory), a
   reference for what Redis costs.
 
+The model gate is per process (adaptive, from 256 answers at once), so two processes may
+run twice as many answers at once as one; `--env MAX_CONCURRENT_ASKS=N` pins it in every
+process.
+
 Every layout has `--guilds` servers (half on each shard, by `(guild_id >> 22) % 2`), the
 commands registered globally once by `python -m bot sync` (the real path; the bots then
 sync nothing at start), and `--env` settings on top of its own. `--asks` asks go round
@@ -46,15 +50,19 @@ Figures, per layout:
   while running), over asks. Redis counts the commands a Lua script runs as well as the
   EVALSHA, so this is more than the round trips; the calls per command are printed
   under the table;
+- of which connection set-up: the HELLO and CLIENT commands redis-py sends on each new
+  connection, per ask (a pool growing to meet the burst; near 0 once it is warm);
 - PING round trip p50/p99: a separate process (so this bench's busy event loop does not
   delay it) sends PING over its own loopback connection every 20 ms during the burst and
   times each reply: the network and Redis's queue, without a client library;
+- Redis wire time per ask: round trips per ask x PING p50;
 - Redis CPU per ask: the increase of `used_cpu_user` + `used_cpu_sys` over asks (this
   bench's few hundred PINGs included): what Redis itself spends on an ask;
-- Redis share, by PING p50: round trips per ask x PING p50, over mean ask done. As if
-  every round trip waited alone, none beside the model's answer, so an upper bound of
-  the part of an ask spent waiting for Redis on the wire (the bot's own event loop
-  delays and redis-py's work are not in it: they are in bot CPU);
+- Redis share, by PING p50: Redis wire time per ask over mean ask done: the part of an
+  ask its round trips take on the wire and in Redis, as if each waited alone. Under load
+  the bot waits longer for a reply, which also waits for the bot's own busy event loop
+  (and, with more calls at once than the pool has connections, for a free one): compare
+  acks and mean ask done with the "no Redis" column for what Redis costs the bot;
 - Redis share, by its CPU: Redis CPU per ask over mean ask done, the part Redis itself
   works on an ask (a lower bound);
 - bot CPU per answer: the CPU time of all the layout's bot processes (all threads) during
@@ -132,6 +140,8 @@ ASK_LINE = re.compile(r" ask interaction=\d+ .*?outcome=(\S+) .*?done_ms=(\d+)")
 REDIS_AWAY = re.compile(r"Redis at \S+ is unreachable \((.*)\): limits")
 # Commands this bench sends to Redis itself; the bot sends neither while running.
 OWN_COMMANDS = ("cmdstat_info", "cmdstat_ping")
+# What redis-py sends on each new connection of a pool (HELLO, CLIENT SETNAME/SETINFO).
+SET_UP_COMMANDS = ("hello", "client")
 
 # Times one PING after another over a bare loopback socket (no client library, so exactly
 # one command per sample) until SIGTERM, then prints the round trips as a JSON list.
@@ -500,6 +510,13 @@ def _commands(result: Result) -> float | None:
     return None if cost is None else sum(cost.calls.values()) / result.run.asks
 
 
+def _set_up(result: Result) -> float | None:
+    cost = result.redis
+    if cost is None:
+        return None
+    return sum(cost.calls.get(name, 0) for name in SET_UP_COMMANDS) / result.run.asks
+
+
 def _redis_cpu_ms(result: Result) -> float | None:
     return None if result.redis is None else result.redis.cpu * 1000 / result.run.asks
 
@@ -557,18 +574,20 @@ ROWS = (
     Row("mean ask done", "ms", lambda r, _: _number(_mean_done(r), 0)),
     Row("Redis round trips per ask", "requests read", lambda r, _: _number(_round_trips(r), 2)),
     Row("Redis commands per ask", "scripts' included", lambda r, _: _number(_commands(r), 2)),
+    Row("  of which connection set-up", "commands", lambda r, _: _number(_set_up(r), 2)),
     Row("PING round trip p50", "ms", lambda r, _: _number(_ping(r, 0.5), 2)),
     Row("PING round trip p99", "ms", lambda r, _: _number(_ping(r, 0.99), 2)),
+    Row("Redis wire time per ask", "ms, by PING p50", lambda r, _: _number(_by_ping(r), 2)),
     Row("Redis CPU per ask", "ms", lambda r, _: _number(_redis_cpu_ms(r), 2)),
     Row(
         "Redis share, by PING p50",
         "% of ask done",
-        lambda r, _: _number(_share(_by_ping(r), r), 1),
+        lambda r, _: _number(_share(_by_ping(r), r), 3),
     ),
     Row(
         "Redis share, by its CPU",
         "% of ask done",
-        lambda r, _: _number(_share(_redis_cpu_ms(r), r), 2),
+        lambda r, _: _number(_share(_redis_cpu_ms(r), r), 3),
     ),
     Row(
         "bot CPU per answer",
