@@ -1,7 +1,7 @@
 """Our bot as one process against two, on two gateway shards sharing Redis, under one burst.
 
     .venv/bin/python bench/shards.py [--asks 400] [--guilds 4] [--latency 1.6]
-        [--layouts one,two,sqlite] [--env KEY=VALUE ...]
+        [--layouts one,two,sqlite] [--repeat 1] [--env KEY=VALUE ...]
 
 The layouts, each a column, run one after another, each against a fresh local Discord
 (tests.fakes.discord: Discord's default rate limits, no OpenAPI check, `/gateway/bot`
@@ -75,6 +75,10 @@ Figures, per layout:
   pooled connection included) and fell back to its own stores; their most common causes
   are printed under the table. Asks served meanwhile did less Redis work, so the Redis
   figures of a layout with fallbacks are lower than Redis would cost it.
+
+Each number is the median over `--repeat` runs, the layouts of one repeat run back to back;
+answers shown, outcomes, the per-process figures and the lines under the table are from
+each layout's worst run (the fewest answers shown).
 
 Times depend on how busy the machine is (two cores run the fakes, Redis and the bots);
 CPU and Redis commands per ask much less so. Prints figures; asserts nothing.
@@ -556,63 +560,64 @@ def _outcomes(result: Result) -> str:
 
 @dataclass(frozen=True)
 class Row:
+    """A figure: a `number`, shown as its median over the runs, or a `text`, shown as in
+    the worst run (the fewest answers shown), so a failure always shows."""
+
     label: str
     unit: str
-    value: Callable[[Result, float], str]
+    number: Callable[[Result, float], float | None] | None = None
+    digits: int = 0
+    text: Callable[[Result, float], str] | None = None
+
+    def cell(self, results: Sequence[Result], latency: float) -> str:
+        if self.number is not None:
+            value = self.number
+            known = [v for r in results if (v := value(r, latency)) is not None and v == v]
+            return _number(statistics.median(known) if known else None, self.digits)
+        assert self.text is not None
+        return self.text(worst(results), latency)
+
+
+def worst(results: Sequence[Result]) -> Result:
+    return min(results, key=lambda result: result.run.shown)
+
+
+def _bot_cpu_ms(result: Result) -> float | None:
+    return None if result.run.cpu is None else result.run.cpu * 1000 / result.run.asks
 
 
 ROWS = (
-    Row(
-        "answers shown exactly",
-        "of asks",
-        lambda r, _: f"{r.run.shown}/{r.run.asks}",
-    ),
-    Row("outcomes", "asks", lambda r, _: _outcomes(r)),
-    Row("wall / model latency", "x", lambda r, latency: _number(r.run.wall / latency, 2)),
-    Row("ack p50", "ms", lambda r, _: _number(percentile(r.run.acks, 0.5) * 1000, 0)),
-    Row("ack p99", "ms", lambda r, _: _number(percentile(r.run.acks, 0.99) * 1000, 0)),
-    Row("mean ask done", "ms", lambda r, _: _number(_mean_done(r), 0)),
-    Row("Redis round trips per ask", "requests read", lambda r, _: _number(_round_trips(r), 2)),
-    Row("Redis commands per ask", "scripts' included", lambda r, _: _number(_commands(r), 2)),
-    Row("  of which connection set-up", "commands", lambda r, _: _number(_set_up(r), 2)),
-    Row("PING round trip p50", "ms", lambda r, _: _number(_ping(r, 0.5), 2)),
-    Row("PING round trip p99", "ms", lambda r, _: _number(_ping(r, 0.99), 2)),
-    Row("Redis wire time per ask", "ms, by PING p50", lambda r, _: _number(_by_ping(r), 2)),
-    Row("Redis CPU per ask", "ms", lambda r, _: _number(_redis_cpu_ms(r), 2)),
-    Row(
-        "Redis share, by PING p50",
-        "% of ask done",
-        lambda r, _: _number(_share(_by_ping(r), r), 3),
-    ),
-    Row(
-        "Redis share, by its CPU",
-        "% of ask done",
-        lambda r, _: _number(_share(_redis_cpu_ms(r), r), 3),
-    ),
-    Row(
-        "bot CPU per answer",
-        "ms, all processes",
-        lambda r, _: "-" if r.run.cpu is None else _number(r.run.cpu * 1000 / r.run.asks, 2),
-    ),
-    Row("CPU per process", "s", lambda r, _: _each(r.cpu, 1, 2)),
-    Row("peak RSS per process", "MiB", lambda r, _: _each(r.peaks_kib, KIB, 0)),
-    Row("REST calls per answer", "requests", lambda r, _: _number(r.run.calls / r.run.asks, 2)),
-    Row("429 responses", "whole run", lambda r, _: str(r.run.rate_limited)),
-    Row(
-        "fakes' CPU / wall",
-        "cores",
-        lambda r, _: _number(r.run.fakes_cpu / max(r.run.wall, 1e-9), 2),
-    ),
+    Row("answers shown exactly", "of asks", text=lambda r, _: f"{r.run.shown}/{r.run.asks}"),
+    Row("outcomes", "asks", text=lambda r, _: _outcomes(r)),
+    Row("wall / model latency", "x", lambda r, latency: r.run.wall / latency, 2),
+    Row("ack p50", "ms", lambda r, _: percentile(r.run.acks, 0.5) * 1000),
+    Row("ack p99", "ms", lambda r, _: percentile(r.run.acks, 0.99) * 1000),
+    Row("mean ask done", "ms", lambda r, _: _mean_done(r)),
+    Row("Redis round trips per ask", "requests read", lambda r, _: _round_trips(r), 2),
+    Row("Redis commands per ask", "scripts' included", lambda r, _: _commands(r), 2),
+    Row("  of which connection set-up", "commands", lambda r, _: _set_up(r), 2),
+    Row("PING round trip p50", "ms", lambda r, _: _ping(r, 0.5), 2),
+    Row("PING round trip p99", "ms", lambda r, _: _ping(r, 0.99), 2),
+    Row("Redis wire time per ask", "ms, by PING p50", lambda r, _: _by_ping(r), 2),
+    Row("Redis CPU per ask", "ms", lambda r, _: _redis_cpu_ms(r), 2),
+    Row("Redis share, by PING p50", "% of ask done", lambda r, _: _share(_by_ping(r), r), 3),
+    Row("Redis share, by its CPU", "% of ask done", lambda r, _: _share(_redis_cpu_ms(r), r), 3),
+    Row("bot CPU per answer", "ms, all processes", lambda r, _: _bot_cpu_ms(r), 2),
+    Row("CPU per process", "s", text=lambda r, _: _each(r.cpu, 1, 2)),
+    Row("peak RSS per process", "MiB", text=lambda r, _: _each(r.peaks_kib, KIB, 0)),
+    Row("REST calls per answer", "requests", lambda r, _: r.run.calls / r.run.asks, 2),
+    Row("429 responses", "whole run", lambda r, _: r.run.rate_limited),
+    Row("fakes' CPU / wall", "cores", lambda r, _: r.run.fakes_cpu / max(r.run.wall, 1e-9), 2),
     Row(
         "Redis fallback warnings",
         "lines",
-        lambda r, _: str(r.redis_away.total()) if r.redis else "-",
+        lambda r, _: r.redis_away.total() if r.redis else None,
     ),
 )
 
 
-def report(results: Mapping[str, Result], latency: float) -> None:
-    cells = {name: [row.value(result, latency) for row in ROWS] for name, result in results.items()}
+def report(results: Mapping[str, Sequence[Result]], latency: float) -> None:
+    cells = {name: [row.cell(runs, latency) for row in ROWS] for name, runs in results.items()}
     widths = {
         name: max(len(name), *(len(cell) for cell in column)) + 3 for name, column in cells.items()
     }
@@ -622,7 +627,8 @@ def report(results: Mapping[str, Result], latency: float) -> None:
         line = "".join(f"{column[index]:>{widths[name]}}" for name, column in cells.items())
         print(f"  {row.label:<{label}}{line}  {row.unit}")
     print()
-    for name, result in results.items():
+    for name, runs in results.items():
+        result = worst(runs)
         if result.redis is None:
             continue
         asks = result.run.asks
@@ -645,17 +651,21 @@ async def main(arguments: argparse.Namespace) -> None:
     print(
         f"{arguments.asks} asks at once over {arguments.guilds} servers on {SHARD_COUNT} shards, "
         f"every ask from a different member; model latency {arguments.latency:g} s per "
-        f"answer{'; settings ' + settings if settings else ''}.\n"
+        f"answer{'; settings ' + settings if settings else ''}; median of "
+        f"{arguments.repeat} run(s) per cell.\n"
         f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load average {load:.1f} "
         "at the start.\n"
     )
     started = time.perf_counter()
-    results: dict[str, Result] = {}
+    results: dict[str, list[Result]] = {layout.name: [] for layout in layouts}
     with RedisServer() as server:
-        for layout in layouts:
-            results[layout.name] = await run_layout(
-                layout, arguments.asks, arguments.guilds, arguments.latency, extra, server
-            )
+        for _ in range(arguments.repeat):
+            for layout in layouts:
+                results[layout.name].append(
+                    await run_layout(
+                        layout, arguments.asks, arguments.guilds, arguments.latency, extra, server
+                    )
+                )
     report(results, arguments.latency)
     print(f"The bench took {time.perf_counter() - started:.0f} s.")
 
@@ -667,6 +677,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--guilds", type=int, default=4, help="servers, alternately on shard 0 and 1"
     )
     parser.add_argument("--latency", type=float, default=1.6, help="model seconds per answer")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per layout (median shown)")
     parser.add_argument(
         "--layouts", type=_layouts, default=list(LAYOUTS), help="one,two,sqlite or some of them"
     )
