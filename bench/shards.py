@@ -30,8 +30,9 @@ streamed in 20 pieces (as bench/burst.py).
 Figures, per layout:
 
 - answers shown exactly: asks whose reply ended up showing exactly the model's answer.
-  Discord (and the fake) refuse an acknowledgement after 3 s, and such an ask shows
-  nothing: the bench stops waiting for it then, and says what the others show instead;
+  The bench waits for each ask until it shows that, or the bot has logged its ask line
+  (refused, say), or it can show nothing: Discord (and the fake) refuse an
+  acknowledgement after 3 s. It says what the asks not shown show instead;
 - outcomes: the `outcome=` of every ask's log line, over all the layout's processes
   (anything but "answered" is a refusal, busy, or a failure);
 - wall / model latency: first INTERACTION_CREATE to the last answer's final write, over
@@ -140,6 +141,9 @@ SHARD_COUNT = 2
 # Every wait on the fakes; generous, so a slow machine prints figures, not errors.
 WAIT = 120.0
 PING_INTERVAL = 0.02
+LOGGED = re.compile(rb" ask interaction=(\d+) ")
+# How often the bench reads the bots' new log lines while it waits for the last asks.
+FOLLOW_INTERVAL = 0.25
 ASK_LINE = re.compile(r" ask interaction=\d+ .*?outcome=(\S+) .*?done_ms=(\d+)")
 REDIS_AWAY = re.compile(r"Redis at \S+ is unreachable \((.*)\): limits")
 # Commands this bench sends to Redis itself; the bot sends neither while running.
@@ -390,12 +394,20 @@ async def run_layout(
                     )
                     outputs.append(output)
                     children.append(child)
-                result = await burst(layout, discord, model, server, children, asks, channels)
+                result = await burst(
+                    layout, discord, model, server, children, outputs, asks, channels
+                )
             for written in outputs:
                 read_log(written, result)
-            if result.run.shown < result.run.asks:
-                for number, written in enumerate(outputs):
-                    explain_unshown(f"{layout.name}, process {number}", result.handles, written)
+            for number, (written, shards) in enumerate(zip(outputs, layout.processes, strict=True)):
+                # Ask n went to server n % guilds, which is on shard (n % guilds) % SHARD_COUNT.
+                its = [
+                    handle
+                    for ask, handle in enumerate(result.handles)
+                    if shards is None or ask % guilds % SHARD_COUNT in shards
+                ]
+                if not all(is_shown(handle) for handle in its):
+                    explain_unshown(f"{layout.name}, process {number}", its, written)
         return result
 
 
@@ -405,6 +417,7 @@ async def burst(
     model: FakeOpenAI,
     server: RedisServer,
     children: Sequence[asyncio.subprocess.Process],
+    outputs: Sequence[IO[bytes]],
     asks: int,
     channels: Sequence[int],
 ) -> Result:
@@ -427,16 +440,16 @@ async def burst(
                 )
                 for number, member in enumerate(discord.users[:asks])
             ]
-            # Re-checked once the callback window has passed, even if nothing changes then.
-            asyncio.get_running_loop().call_later(
-                CALLBACK_WINDOW + 0.1, discord.world.changes.notify
-            )
+            logs = AskLines(outputs)
+            watching = asyncio.create_task(logs.follow(discord))
             try:
-                await discord.wait_for(all_settled(discord, handles))
+                await discord.wait_for(all_settled(discord, handles, logs.settled))
                 async with asyncio.timeout(WAIT):
                     await model.wait_idle()
             except TimeoutError:
                 print(f"  ({layout.name}: not every ask was settled within {WAIT:g} s)")
+            finally:
+                watching.cancel()
         cpu_after = [cpu_seconds(child.pid) for child in children]
         fakes_cpu = time.process_time() - fakes_before
         after = redis_snapshot(client) if client else None
@@ -464,9 +477,40 @@ async def burst(
     return Result(run, cpu, peaks, redis=cost, handles=handles)
 
 
-def all_settled(discord: FakeDiscord, handles: Sequence[InteractionHandle]) -> Callable[[], bool]:
-    """A predicate that holds once every ask shows its answer or can no longer show one (it
-    was not acknowledged within Discord's callback window), cheap to re-check often."""
+class AskLines:
+    """The interactions whose ask line the bots have logged, read while they write."""
+
+    def __init__(self, outputs: Sequence[IO[bytes]]) -> None:
+        self._outputs = outputs
+        self._read = [0] * len(outputs)
+        self._partial = [b""] * len(outputs)
+        self.settled: set[int] = set()
+
+    def read(self) -> None:
+        for index, output in enumerate(self._outputs):
+            # pread leaves the file's offset, which the bot process writes at, alone.
+            while chunk := os.pread(output.fileno(), 1 << 16, self._read[index]):
+                self._read[index] += len(chunk)
+                *lines, self._partial[index] = (self._partial[index] + chunk).split(b"\n")
+                for line in lines:
+                    if found := LOGGED.search(line):
+                        self.settled.add(int(found.group(1)))
+
+    async def follow(self, discord: FakeDiscord) -> None:
+        """Read what is new every `FOLLOW_INTERVAL`, and have the fake's waits re-check
+        (also after the callback window, when nothing else may change)."""
+        while True:
+            await asyncio.sleep(FOLLOW_INTERVAL)
+            self.read()
+            discord.world.changes.notify()
+
+
+def all_settled(
+    discord: FakeDiscord, handles: Sequence[InteractionHandle], logged: set[int]
+) -> Callable[[], bool]:
+    """A predicate that holds once every ask shows its answer, has been settled by the bot
+    (its ask line is in `logged`: answered otherwise, refused, failed) or can no longer
+    show anything (not acknowledged within Discord's callback window); cheap to re-check."""
     pending = list(handles)
 
     def settled(handle: InteractionHandle) -> bool:
@@ -475,7 +519,7 @@ def all_settled(discord: FakeDiscord, handles: Sequence[InteractionHandle]) -> C
             interaction.acknowledged_at is None
             and discord.world.since_dispatch(interaction) > CALLBACK_WINDOW
         )
-        return expired or is_shown(handle)
+        return expired or is_shown(handle) or handle.id in logged
 
     def check() -> bool:
         # Answers come in any order; dropping settled ones from the end keeps re-checks cheap.
