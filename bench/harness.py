@@ -5,7 +5,8 @@ Shared by the benches that start a bot with `python -m ...` beside the local Dis
 bench's own process:
 
 - `bot_process` starts the bot, waits until it has registered its commands and been sent
-  READY (or has exited), and stops it with SIGTERM afterwards, expecting exit status 0;
+  READY (or, given `connected`, until that holds; or until it has exited), and stops it
+  with SIGTERM afterwards, expecting exit status 0;
 - `child_env` is the bot's whole environment: the given settings on a minimal base, so
   nothing set in the calling shell (or a `.env`, as the bot runs in an empty directory)
   changes what is measured;
@@ -21,7 +22,7 @@ import math
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import IO
@@ -78,13 +79,26 @@ async def bot_process(
     env: Mapping[str, str],
     cwd: Path,
     output: IO[bytes],
+    connected: Callable[[], bool] | None = None,
 ) -> AsyncIterator[asyncio.subprocess.Process]:
     """Run `python *arguments` until the block ends; yield it once it is connected.
+
+    Connected means: the bot has registered its commands in the fake's first guild and one
+    more READY has been sent, unless `connected` is given (a predicate on the fake, say
+    that the process's shards are ready, for a bot whose commands are global).
 
     Its output goes to `output`, whose tail is in the error if it fails to start or does
     not exit with status 0 after SIGTERM.
     """
     readies_before = discord.gateway.readies_sent
+    if connected is None:
+
+        def connected() -> bool:
+            return (
+                bool(discord.commands(discord.guild_id))
+                and discord.gateway.readies_sent > readies_before
+            )
+
     child = await asyncio.create_subprocess_exec(
         sys.executable,
         *arguments,
@@ -95,7 +109,7 @@ async def bot_process(
         stderr=output,
     )
     try:
-        await _until_ready(discord, child, output, readies_before)
+        await _until_ready(discord, child, output, connected)
         yield child
     finally:
         if child.returncode is None:
@@ -110,17 +124,10 @@ async def _until_ready(
     discord: FakeDiscord,
     child: asyncio.subprocess.Process,
     output: IO[bytes],
-    readies_before: int,
+    connected: Callable[[], bool],
 ) -> None:
-    """Wait until the bot has registered its commands and connected, or has exited."""
-    ready = asyncio.create_task(
-        discord.wait_for(
-            lambda: (
-                bool(discord.commands(discord.guild_id))
-                and discord.gateway.readies_sent > readies_before
-            )
-        )
-    )
+    """Wait until `connected()` holds, or the bot has exited."""
+    ready = asyncio.create_task(discord.wait_for(connected))
     exited = asyncio.create_task(child.wait())
     done, _ = await asyncio.wait({ready, exited}, return_when=asyncio.FIRST_COMPLETED)
     ready.cancel()
