@@ -54,8 +54,8 @@ __all__ = [
     "shared_stores",
 ]
 
-MAX_CONNECTIONS = 50
-"""Redis connections one process may hold; more calls at once wait for one (REDIS_TIMEOUT)."""
+MAX_CONNECTIONS = 100
+"""Redis connections one process may hold; more calls at once wait their turn for one."""
 
 
 @dataclass(frozen=True)
@@ -117,14 +117,19 @@ def _local_user_limits(settings: Settings) -> LocalUserLimits:
 
 def make_redis(settings: Settings) -> redis.Redis:
     """This process's Redis client: one pool of at most `MAX_CONNECTIONS`, REDIS_TIMEOUT on
-    connecting, on every command and on waiting for a free connection, and one quick retry
-    (a pooled connection may have died with a Redis restart; a fresh one then answers)."""
+    connecting and on every command, and one quick retry (a pooled connection may have died
+    with a Redis restart; a fresh one then answers).
+
+    Waiting for a free connection has no timeout of its own: during a burst of asks every
+    connection is busy with a command that answers (or times out) within REDIS_TIMEOUT, and a
+    busy pool must not pass for Redis being away.
+    """
     assert settings.redis_url is not None, "make_redis needs REDIS_URL"
     timeout = settings.redis_timeout
     pool = redis.BlockingConnectionPool.from_url(
         settings.redis_url.reveal(),
         max_connections=MAX_CONNECTIONS,
-        timeout=timeout,
+        timeout=None,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         retry=Retry(NoBackoff(), 1),
