@@ -17,7 +17,8 @@ from tests.stack import Stack, run_stack
 
 @pytest.fixture
 async def fake_discord() -> AsyncIterator[FakeDiscord]:
-    async with running_fake() as fake:
+    # A generous bound on each wait: bot processes start slowly on a loaded machine.
+    async with running_fake(wait_timeout=30.0) as fake:
         yield fake
 
 

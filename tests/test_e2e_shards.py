@@ -35,7 +35,7 @@ EXIT_OK, EXIT_FAILURE = 0, 1
 async def discord_fake() -> AsyncIterator[FakeDiscord]:
     """The local Discord with one guild on each shard of two, and a session-start limit of
     one IDENTIFY per 5 s for the whole bot (max_concurrency 1, as for most bots)."""
-    async with running_fake(max_concurrency=1) as fake:
+    async with running_fake(max_concurrency=1, wait_timeout=30.0) as fake:
         fake.add_guild_on_shard(1 - shard_of(fake.guild_id, SHARDS), SHARDS, name="Other")
         yield fake
 

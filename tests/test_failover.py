@@ -56,10 +56,9 @@ async def shared(own_redis: RedisServer, tmp_path: Path) -> AsyncIterator[Shared
     database = await SqliteDatabase.open(tmp_path)
     client = make_redis(settings)
     metrics = Metrics()
-    stores = shared_stores(settings, client, database, metrics)
-    assert stores.failover is not None
     # Quick probes, so a test waits on Redis's return for moments, not seconds.
-    stores.failover._retry_seconds = 0.02
+    stores = shared_stores(settings, client, database, metrics, retry_seconds=0.02)
+    assert stores.failover is not None
     yield Shared(stores, stores.failover, metrics, own_redis, client)
     await stores.failover.aclose()
     await client.aclose()

@@ -6,7 +6,7 @@ the answer goes); `AskPipeline.run` treats them all alike:
 
 1. Refusals are decided before anything is shown, each in one step where asks can race:
    who may ask, prompt size, cooldown, the asker's own asks in flight, capacity; then the
-   token budgets (a reservation in the local store, far inside Discord's 3 s). A refusal
+   token budgets (a reservation in the store, far inside Discord's 3 s). A refusal
    goes only to the asker (`Surface.refuse`).
 2. The ask is acknowledged, waits for a model slot showing its place in line, and is
    answered through `Answerer`, with a deadline that keeps the last write inside the

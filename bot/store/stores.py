@@ -28,6 +28,7 @@ from bot.fair_use.limits import Cooldown, PerUserCap
 from bot.fair_use.user_limits import LocalUserLimits, UserLimits
 from bot.metrics import Metrics
 from bot.store.failover import (
+    RETRY_SECONDS,
     Failover,
     FailoverConversationStore,
     FailoverIdentifyTurns,
@@ -85,12 +86,23 @@ def local_stores(settings: Settings, database: SqliteDatabase) -> Stores:
 
 
 def shared_stores(
-    settings: Settings, client: redis.Redis, database: SqliteDatabase, metrics: Metrics
+    settings: Settings,
+    client: redis.Redis,
+    database: SqliteDatabase,
+    metrics: Metrics,
+    *,
+    retry_seconds: float = RETRY_SECONDS,
 ) -> Stores:
-    """The stores in Redis through `client`, with `local_stores` behind them."""
+    """The stores in Redis through `client`, with `local_stores` behind them; while Redis
+    is away, a PING every `retry_seconds` asks whether it is back."""
     assert settings.redis_url is not None, "shared stores need REDIS_URL"
     local = local_stores(settings, database)
-    failover = Failover(redis_address(settings.redis_url.reveal()), metrics, client.ping)
+    failover = Failover(
+        redis_address(settings.redis_url.reveal()),
+        metrics,
+        client.ping,
+        retry_seconds=retry_seconds,
+    )
     return Stores(
         usage=FailoverUsageStore(RedisUsageStore(client), local.usage, failover),
         conversations=FailoverConversationStore(
