@@ -22,6 +22,7 @@ from bot.conversation.settings import MAX_SYSTEM_PROMPT
 from tests.fakes.discord import FakeDiscord, InteractionHandle, User
 from tests.fakes.discord.state import MANAGE_GUILD
 from tests.fakes.openai_server import FakeOpenAI, RecordedRequest, Reply
+from tests.redis_server import RedisServer
 from tests.stack import Stack, run_stack
 
 MODELS = {"OPENAI_MODELS": "alpha-1, beta-2, gamma-3", "STREAM_RESPONSES": "false"}
@@ -312,3 +313,27 @@ async def test_settings_survive_a_restart(
         shown = await settings(second, "show", user=alice)
         assert f"```\n{prompt}\n```" in shown
         assert "`beta-2` (this server's default)" in shown
+
+
+# --- /settings shared through Redis ---------------------------------------------------------
+
+
+async def test_settings_are_shared_through_redis_and_not_changed_while_it_is_away(
+    fake_discord: FakeDiscord, fake_openai: FakeOpenAI, own_redis: RedisServer, tmp_path: Path
+) -> None:
+    redis = {"REDIS_URL": own_redis.url}
+    alice = admin_of(fake_discord)
+    async with run_stack(fake_discord, fake_openai, tmp_path / "one", redis) as first:
+        saved = await settings(first, "server-prompt", {"text": "Answer in French."}, user=alice)
+        assert saved == replies.setting_saved("this server's system prompt", "Answer in French.")
+    # Another machine (no files in common) sees it.
+    async with run_stack(fake_discord, fake_openai, tmp_path / "two", redis) as second:
+        assert (await second.ask("Hello")).outcome == "answered"
+        assert "Answer in French." in system_message(last_request(fake_openai))
+
+        own_redis.stop()
+        refused = await settings(second, "server-prompt", {"text": "Answer in Latin."}, user=alice)
+        assert refused == replies.SETTINGS_UNAVAILABLE
+        # Asks are still answered meanwhile.
+        assert (await second.ask("Still there?")).outcome == "answered"
+        assert not any("unexpected error" in line for line in second.log.lines)
