@@ -178,15 +178,21 @@ async def test_identify_turns_are_taken_one_per_bucket_across_processes(
 
 async def test_local_identify_turns_let_other_buckets_through() -> None:
     now = [100.0]
-    turns = LocalIdentifyTurns(clock=lambda: now[0])
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now[0] += seconds
+
+    turns = LocalIdentifyTurns(clock=lambda: now[0], sleep=sleep)
     await turns.wait_turn(0)
     await turns.wait_turn(1)
-    waiting = asyncio.create_task(turns.wait_turn(0))
-    await asyncio.sleep(0)
-    assert not waiting.done()
-    waiting.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await waiting
+    assert slept == [], "another bucket's turn is free at once"
+    await turns.wait_turn(0)
+    assert slept == [pytest.approx(5.25)], "the same bucket waits for the window"
+    now[0] += 10
+    await turns.wait_turn(1)
+    assert len(slept) == 1, "a window that has passed costs no wait"
 
 
 async def test_a_shard_claimed_by_one_process_waits_in_another_until_given_back(

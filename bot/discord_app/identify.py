@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 WINDOW = 5.0
@@ -40,8 +40,14 @@ class IdentifyTurns(Protocol):
 class LocalIdentifyTurns:
     """`IdentifyTurns` within one process (enough when one process runs every shard)."""
 
-    def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         self._clock = clock
+        self._sleep = sleep
         self._next: dict[int, float] = {}
         self._locks: dict[int, asyncio.Lock] = {}
 
@@ -50,5 +56,5 @@ class LocalIdentifyTurns:
             wait = self._next.get(bucket, 0.0) - self._clock()
             if wait > 0:
                 # Discord's window, not synchronisation: nothing to wait on but time.
-                await asyncio.sleep(wait)
+                await self._sleep(wait)
             self._next[bucket] = self._clock() + WINDOW + MARGIN

@@ -275,7 +275,7 @@ class RedisUsageStore:
                 self._day_ttl,
             ],
         )
-        return None if spent is None else Scope(_text(spent))
+        return None if spent is None else Scope(as_text(spent))
 
     async def settle(self, reservation: Reservation, tokens: int) -> None:
         await self._settle(
@@ -546,7 +546,7 @@ class RedisConversationStore:
             _microseconds(turn.created_at),
         ]
         turn_id, parent = await self._save([], [self._prefix, self._ttl, *values, *message_ids])
-        parent_text = _text(parent)
+        parent_text = as_text(parent)
         saved = {field.name: getattr(turn, field.name) for field in fields(NewTurn)}
         saved["parent_id"] = int(parent_text) if parent_text else None
         return Turn(**saved, id=int(turn_id))
@@ -658,7 +658,7 @@ class RedisSettingsStore:
         model = prompt = None
         channels: dict[int, str] = {}
         for name, value in saved.items():
-            field, text = _text(name), _text(value)
+            field, text = as_text(name), as_text(value)
             if field == "model":
                 model = text
             elif field == "prompt":
@@ -696,7 +696,7 @@ class RedisSettingsStore:
 # --- replies ----------------------------------------------------------------------------------
 
 
-def _text(value: object) -> str:
+def as_text(value: object) -> str:
     """A reply as text, whether the client decodes replies or hands back bytes."""
     if isinstance(value, bytes):
         return value.decode()
@@ -704,9 +704,11 @@ def _text(value: object) -> str:
 
 
 def _integer(value: object) -> int:
-    return 0 if value is None else int(_text(value))
+    return 0 if value is None else int(as_text(value))
 
 
 def _pairs(flat: Sequence[Any]) -> dict[str, str]:
     """HGETALL's flat reply inside a script, [field, value, ...], as a dict of text."""
-    return {_text(field): _text(value) for field, value in zip(flat[::2], flat[1::2], strict=True)}
+    return {
+        as_text(field): as_text(value) for field, value in zip(flat[::2], flat[1::2], strict=True)
+    }

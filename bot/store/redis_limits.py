@@ -32,6 +32,7 @@ import redis.asyncio as redis
 from bot.discord_app.identify import MARGIN, WINDOW
 from bot.fair_use.limits import CooldownSpec
 from bot.fair_use.user_limits import UserRefusal, UserSlot
+from bot.store.redis import as_text
 
 __all__ = [
     "CLAIM_LIFETIME",
@@ -244,7 +245,7 @@ class RedisShardClaims:
         key = f"{self._prefix}shard:{shard_count}:{shard_id}"
         said = False
         while True:
-            holder = _text(await self._claim(keys=[key], args=[self._token, self._lifetime_ms]))
+            holder = as_text(await self._claim(keys=[key], args=[self._token, self._lifetime_ms]))
             if not holder:
                 break
             if not said:
@@ -290,7 +291,3 @@ class RedisShardClaims:
                     "be reached: both now answer there; stop one of them",
                     int(lost),
                 )
-
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value or "")
